@@ -1,0 +1,20 @@
+# Two commands on a fresh machine (Python 3.11, no GPU needed):
+#   make demo   installs everything, starts Label Studio + the backend with the sample tickets pre-annotated
+#   make test   installs everything and runs the test suite (it starts its own Label Studio)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+demo: install
+	$(PY) -m backend demo
+
+test: install
+	$(PY) -m pytest

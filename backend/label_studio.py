@@ -1,0 +1,117 @@
+"""Calls from the backend to Label Studio, through label-studio-sdk, with bounded retries.
+
+Every call is retried on connection errors, timeouts and 5xx answers with exponential back-off, then fails with
+LabelStudioUnavailable; callers read everything first and change local state only after a complete answer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterator, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LabelStudioUnavailable(RuntimeError):
+    """Label Studio could not be reached or kept failing; nothing was changed locally."""
+
+
+class LabelStudioRejected(RuntimeError):
+    """Label Studio answered with a 4xx: retrying would not help."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class LabelStudioClient:
+    def __init__(self, url: str, api_key: str, timeout: float = 30.0, attempts: int = 4, backoff: float = 0.5):
+        from label_studio_sdk import LabelStudio
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self._sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        from label_studio_sdk.core.api_error import ApiError
+
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except ApiError as exc:
+                if exc.status_code is not None and 400 <= exc.status_code < 500:
+                    raise LabelStudioRejected(exc.status_code, _detail(exc.body)) from None
+                error = f"HTTP {exc.status_code}"
+            except Exception as exc:  # connection refused, timeouts, broken JSON from a dying server
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt == self.attempts:
+                raise LabelStudioUnavailable(f"{what}: Label Studio at {self.url} failed {self.attempts} times; last error: {error}")
+            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", what, attempt, self.attempts, error, delay)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _raw(self, method: str, path: str, **kwargs):
+        """Endpoints the SDK has no method for, through the SDK's own authenticated HTTP client."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        response = self._sdk._client_wrapper.httpx_client.request(path.lstrip("/"), method=method, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=response.text)
+        return response.json() if response.content else None
+
+    # -- reads ----------------------------------------------------------------------------------------------
+    def project(self, project_id: int) -> dict:
+        project = self._call(f"get project {project_id}", lambda: self._sdk.projects.get(id=project_id))
+        return {"id": project.id, "title": project.title, "label_config": project.label_config,
+                "model_version": project.model_version}
+
+    def annotated_tasks(self, project_id: int) -> list[dict]:
+        """Every task of the project that has annotations, with them, as plain dicts (all pages, or nothing)."""
+        def pull() -> list[dict]:
+            tasks = []
+            for task in self._sdk.tasks.list(project=project_id, fields="all", only_annotated=True, page_size=500):
+                tasks.append({"id": task.id, "data": task.data, "annotations": [
+                    a if isinstance(a, dict) else a.dict() for a in (task.annotations or [])]})
+            return tasks
+        return self._call(f"pull annotations of project {project_id}", pull)
+
+    def tasks(self, project_id: int, page_size: int = 500) -> Iterator[dict]:
+        """Every task of the project with its annotation count, page by page."""
+        page = 1
+        while True:
+            answer = self._call(f"list tasks of project {project_id} (page {page})", lambda: self._raw(
+                "GET", "api/tasks", params={"project": project_id, "page": page, "page_size": page_size, "fields": "task_only"}))
+            for task in answer.get("tasks", []):
+                yield {"id": task["id"], "data": task.get("data") or {}, "total_annotations": task.get("total_annotations", 0)}
+            if page * page_size >= answer.get("total", 0):
+                return
+            page += 1
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        return self._call(f"model versions of project {project_id}",
+                          lambda: self._raw("GET", f"api/projects/{project_id}/model-versions")) or {}
+
+    # -- writes ---------------------------------------------------------------------------------------------
+    def set_model_version(self, project_id: int, version: str) -> None:
+        """Point the project's score column and uncertainty sampling at `version` (protocol notes §3.10)."""
+        self._call(f"set model_version of project {project_id}",
+                   lambda: self._sdk.projects.update(id=project_id, model_version=version))
+
+    def set_sampling(self, project_id: int, sampling: str) -> None:
+        self._call(f"set sampling of project {project_id}", lambda: self._sdk.projects.update(id=project_id, sampling=sampling))
+
+    def import_predictions(self, project_id: int, predictions: list[dict]) -> int:
+        answer = self._call(f"import {len(predictions)} predictions into project {project_id}", lambda: self._raw(
+            "POST", f"api/projects/{project_id}/import/predictions", json=predictions))
+        return int((answer or {}).get("created", 0))
+
+
+def _detail(body: object) -> str:
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("validation_errors") or body)[:300]
+    return str(body)[:300]
