@@ -40,9 +40,7 @@ def serve(settings: Settings) -> None:
         def load(self):
             from backend.app import create_app
 
-            app = create_app(settings)
-            app.extensions["service"].start()
-            return app
+            return create_app(settings)
 
     logging.getLogger(__name__).info("serving on http://%s:%d (MODEL_DIR=%s)", settings.host, settings.port, settings.model_dir)
     Server().run()

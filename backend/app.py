@@ -47,7 +47,9 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
     app = Flask("backend")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.ensure_ascii = False
-    service = service or Service(settings)
+    if service is None:
+        service = Service(settings)
+        service.start()
     app.extensions["service"] = service
     metrics = service.metrics
 

@@ -9,7 +9,7 @@ Two small classifiers, because neither is best throughout the life of a project:
   is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is far better (Shanghai
   set: accuracy 0.72 against 0.55 for the prototypes).
 
-``fit_instant_model`` fits both and keeps the one with the better macro-F1 on the frozen evaluation split.
+``fit_instant_model`` keeps the one with the better macro-F1 on the frozen evaluation split.
 Probabilities are a softmax of the scores; the temperatures were chosen by log-loss on the Shanghai split.
 scikit-learn is imported on first fit, so importing the backend stays light.
 """
@@ -127,21 +127,22 @@ class LinearSvmClassifier(_TfidfClassifier):
 METHODS = (PrototypeClassifier, LinearSvmClassifier)
 
 
-def fit_instant_model(version: str, departments: Sequence[str], texts: Sequence[str], labels: Sequence[str],
-                      seed_texts: Mapping[str, str], evaluate: Callable[[_TfidfClassifier], dict],
-                      max_text_chars: int = 20_000) -> tuple[_TfidfClassifier, dict]:
-    """Fit every method, score each with `evaluate` (the frozen split), keep the best macro-F1.
+def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Sequence[str], Sequence[str]],
+                      all_labels: tuple[Sequence[str], Sequence[str]], seed_texts: Mapping[str, str],
+                      evaluate: Callable[[_TfidfClassifier], dict], max_text_chars: int = 20_000) -> tuple[_TfidfClassifier, dict]:
+    """Choose the method on the frozen split, then refit it on every label.
 
-    Returns the chosen classifier and the report {method: metrics, "chosen": method}. Without evaluation data
-    the prototypes serve: they are the safer bet with few labels."""
+    Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split; the
+    best macro-F1 wins (the prototypes when there is nothing to evaluate on: the safer bet with few labels).
+    The chosen method is then refitted on `all_labels`, the usual final refit after model selection: the
+    report's numbers stay those of a model that never saw the split. Returns (classifier, report)."""
     report: dict = {}
     best, best_f1 = None, -1.0
     for method in METHODS:
-        clf = method(version, departments, max_text_chars).fit(texts, labels, seed_texts)
-        metrics = evaluate(clf)
+        metrics = evaluate(method(version, departments, max_text_chars).fit(*train, seed_texts))
         report[method.method] = metrics
         f1 = metrics.get("macro_f1")
         if best is None or (f1 is not None and f1 > best_f1):
-            best, best_f1 = clf, f1 if f1 is not None else -1.0
+            best, best_f1 = method, f1 if f1 is not None else -1.0
     report["chosen"] = best.method
-    return best, report
+    return best(version, departments, max_text_chars).fit(*all_labels, seed_texts), report

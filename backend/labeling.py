@@ -118,8 +118,6 @@ def _parse_cached(config: str) -> LabelSpace:
     control = single[0]
     if not control.labels:
         raise LabelConfigError(f"<Choices name={control.name!r}> has no <Choice> values")
-    if len(set(control.labels)) != len(control.labels):
-        raise LabelConfigError(f"<Choices name={control.name!r}> lists a department twice")
     to_name = control.to_name[0] if control.to_name else None
     obj = next((o for o in interface.objects if o.name == to_name), None)
     if obj is None or not str(getattr(obj, "value", "")).startswith("$"):

@@ -86,8 +86,9 @@ class ModelManager:
 
     # -- instant model --------------------------------------------------------------------------------------
     def refit_instant(self) -> Classifier:
-        """Fit on the training split, score on the frozen evaluation split, register the version and, if the
-        instant model is what serves, swap it in. Serialised: concurrent calls queue, never fit in parallel."""
+        """Choose the instant method on the frozen evaluation split, refit it on every label, register the
+        version with the held-out scores and, if the instant model is what serves, swap it in. Serialised:
+        concurrent calls queue, never fit in parallel."""
         with self._fit_lock:
             space = self._space
             seq = self.store.label_seq()
@@ -95,17 +96,21 @@ class ModelManager:
             if previous is not None and self._instant_key == (seq, space.departments):
                 return previous
             started = time.perf_counter()
-            train = [l for l in self.store.labels(split="train") if l.department in space.departments]
+            labels = [l for l in self.store.labels() if l.department in space.departments]
+            train = [l for l in labels if l.split == "train"]
             seeds = {name: text for name, text in self.catalog.seed_texts().items() if name in space.departments}
             version = self.instant_version_name(seq, space)
             clf, report = fit_instant_model(
-                version, space.departments, [l.text for l in train], [l.department for l in train], seeds,
-                evaluate=lambda candidate: self._evaluate(candidate, space), max_text_chars=self.max_text_chars)
+                version, space.departments,
+                train=([l.text for l in train], [l.department for l in train]),
+                all_labels=([l.text for l in labels], [l.department for l in labels]),
+                seed_texts=seeds, evaluate=lambda candidate: self._evaluate(candidate, space),
+                max_text_chars=self.max_text_chars)
             metrics = {**report[clf.method], "method": clf.method,
                        "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m != "chosen"}}
             self.last_fit_seconds = time.perf_counter() - started
             self.store.add_version(version, INSTANT, status="serving", parent=previous.version if previous else None,
-                                   data={"label_seq": seq, "train_labels": len(train), "departments": len(space.departments),
+                                   data={"label_seq": seq, "train_labels": len(train), "labels": len(labels), "departments": len(space.departments),
                                          "config_hash": space.config_hash, "fit_seconds": round(self.last_fit_seconds, 3)},
                                    metrics=metrics)
             self.store.promote_version(version)

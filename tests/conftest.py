@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+
+from backend.app import create_app
+from backend.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(model_dir=tmp_path / "model", instant_refit_seconds=0.0, reconcile_seconds=0)
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    service = app.extensions["service"]
+    service.background.wait_idle(30)
+    service.stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def service(app):
+    return app.extensions["service"]
+
+
+# -- real processes: Label Studio 1.23.2 and the backend, talking HTTP -------------------------------------------
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend import local_label_studio
+from backend.demo import start_backend as launch_backend
+from backend.demo import stop_process
+from backend.store import Store
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    server = local_label_studio.start(tmp_path_factory.mktemp("label-studio") / "data")
+    yield server
+    server.stop()
+
+
+@dataclass
+class BackendProcess:
+    url: str
+    port: int
+    model_dir: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def store(self) -> Store:
+        return Store(self.model_dir / "store.sqlite3")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown handlers run."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_backend(tmp_path, label_studio):
+    """Start `python -m backend` as its own process against the session's Label Studio."""
+    started: list[BackendProcess] = []
+
+    def start(model_dir: Path | None = None, port: int | None = None, **env) -> BackendProcess:
+        model_dir = model_dir or tmp_path / "model"
+        port = port or local_label_studio.free_port()
+        log_path = tmp_path / f"backend-{len(started)}.log"
+        extra = {"INSTANT_REFIT_SECONDS": "0.2", "RECONCILE_SECONDS": "0", **{k: str(v) for k, v in env.items()}}
+        process = launch_backend(Settings(), model_dir, port, label_studio, log_path, extra_env=extra)
+        backend = BackendProcess(f"http://127.0.0.1:{port}", port, model_dir, process, log_path)
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        stop_process(backend.process)

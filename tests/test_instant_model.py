@@ -1,0 +1,69 @@
+"""The instant model learns from labels and from the catalog, and gives proper distributions."""
+from __future__ import annotations
+
+import numpy as np
+
+from annotation_config.catalog import load_catalog
+from backend.classifier import summarize
+from backend.evaluation import classification_report
+from backend.instant_model import LinearSvmClassifier, PrototypeClassifier, fit_instant_model
+from tests.helpers import SAMPLES
+
+CATALOG = load_catalog()
+
+
+def accuracy(clf, rows) -> float:
+    predicted = summarize(clf.predict_proba([r["text"] for r in rows]), clf.departments)
+    return float(np.mean([p.department == r["department"] for p, r in zip(predicted, rows)]))
+
+
+def test_distributions_sum_to_one_over_all_departments():
+    for method in (PrototypeClassifier, LinearSvmClassifier):
+        clf = method("v", CATALOG.names).fit([], [], CATALOG.seed_texts())
+        probs = clf.predict_proba([s["text"] for s in SAMPLES[:5]]).probs
+        assert probs.shape == (5, 70)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_catalog_duties_alone_route_most_sample_tickets():
+    clf = PrototypeClassifier("v", CATALOG.names).fit([], [], CATALOG.seed_texts())
+    assert accuracy(clf, SAMPLES) > 0.6  # chance is 1/70
+
+
+def test_labels_teach_departments_the_catalog_does_not_describe():
+    names = ("甲单位", "乙单位", "丙单位")
+    texts = [f"{w}问题第{i}次反映" for i in range(20) for w in ("路灯", "噪音", "积水")]
+    labels = [n for _ in range(20) for n in names]
+    for method in (PrototypeClassifier, LinearSvmClassifier):
+        clf = method("v", names).fit(texts, labels, {})
+        predicted = summarize(clf.predict_proba(["路灯又坏了", "夜里噪音很大", "下雨积水严重"]), names)
+        assert [p.department for p in predicted] == list(names)
+
+
+def test_the_better_method_on_the_evaluation_split_is_chosen():
+    held_out = SAMPLES[:40]
+
+    def evaluate(clf):
+        predicted = summarize(clf.predict_proba([r["text"] for r in held_out]), clf.departments)
+        return classification_report([r["department"] for r in held_out], [p.department for p in predicted])
+
+    none = ([], [])
+    clf, report = fit_instant_model("v", CATALOG.names, none, none, CATALOG.seed_texts(), evaluate)
+    best = max(("prototype", "svm"), key=lambda m: report[m]["macro_f1"])
+    assert report["chosen"] == clf.method == best
+    no_eval, report = fit_instant_model("v", CATALOG.names, none, none, CATALOG.seed_texts(), lambda clf: {"macro_f1": None})
+    assert no_eval.method == "prototype"
+
+
+def test_the_served_model_is_refitted_on_every_label_after_the_choice():
+    names = ("甲单位", "乙单位")
+    train = (["路灯坏了"], ["甲单位"])
+    everything = (["路灯坏了", "噪音扰民"], ["甲单位", "乙单位"])
+    clf, report = fit_instant_model("v", names, train, everything, {}, lambda c: {"macro_f1": None})
+    assert summarize(clf.predict_proba(["噪音扰民"]), names)[0].department == "乙单位"
+
+
+def test_long_tickets_are_cut_and_flagged():
+    clf = PrototypeClassifier("v", CATALOG.names, max_text_chars=50).fit([], [], CATALOG.seed_texts())
+    dist = clf.predict_proba(["噪音" * 100, "噪音"])
+    assert dist.truncated.tolist() == [True, False]
