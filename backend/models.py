@@ -1,8 +1,10 @@
-"""Which model answers /predict, and keeping the instant model fresh.
+"""Which model answers /predict, keeping the instant model fresh, and bringing the LLM in when one is configured.
 
 The serving classifier is one reference, swapped atomically: a request holds the model it started with, so a
 hot swap never mixes two versions in one answer and never drops a request. The instant model refits from the
-gold labels whenever they change (coalesced) and is scored on the frozen evaluation split each time.
+gold labels whenever they change (coalesced) and is scored on the frozen evaluation split each time. With
+BASE_MODEL set, the LLM loads in the background and takes over once loaded; until then, or if it cannot load,
+the instant model serves.
 """
 from __future__ import annotations
 
@@ -12,27 +14,34 @@ import time
 from typing import Sequence
 
 from annotation_config.catalog import Catalog
+from backend.batching import BatchingClassifier
 from backend.classifier import Classifier, TicketPrediction, summarize
 from backend.evaluation import classification_report
 from backend.instant_model import fit_instant_model
 from backend.labeling import LabelSpace
-from backend.store import Store
+from backend.settings import Settings
+from backend.store import Store, Version
 
 log = logging.getLogger(__name__)
 
 INSTANT = "instant"
+LLM = "llm"
 
 
 class ModelManager:
-    def __init__(self, store: Store, catalog: Catalog, space: LabelSpace, max_text_chars: int):
+    def __init__(self, store: Store, catalog: Catalog, space: LabelSpace, settings: Settings):
         self.store = store
         self.catalog = catalog
-        self.max_text_chars = max_text_chars
+        self.settings = settings
         self._space = space
         self._serving: Classifier | None = None
         self._instant: Classifier | None = None
         self._instant_key: tuple[int, tuple[str, ...]] | None = None  # (label_seq, departments) it was fitted on
+        self._llm: Classifier | None = None
+        self._engine = None
         self._fit_lock = threading.Lock()
+        self._llm_lock = threading.Lock()
+        self.llm_state: dict = {"state": "loading" if settings.base_model else "off"}
         self.last_fit_seconds: float | None = None
 
     # -- what serves ----------------------------------------------------------------------------------------
@@ -40,21 +49,15 @@ class ModelManager:
     def space(self) -> LabelSpace:
         return self._space
 
-    def serving(self) -> Classifier:
-        clf = self._serving
-        if clf is None:
-            self.refit_instant()
-            clf = self._serving
-        return clf
-
     @property
     def serving_version(self) -> str | None:
         clf = self._serving
         return clf.version if clf is not None else None
 
-    @property
-    def instant(self) -> Classifier | None:
-        return self._instant
+    def serving(self) -> Classifier:
+        if self._serving is None:
+            self.refit_instant()
+        return self._serving
 
     def swap(self, clf: Classifier) -> None:
         previous, self._serving = self._serving, clf
@@ -66,29 +69,30 @@ class ModelManager:
             self.adopt(space)
         clf = self.serving()
         if clf.departments != space.departments:
-            # The serving model was built for another department list (an LLM adapter trained on an older
-            # catalog): rather than suggesting a department the project does not have, answer with the
-            # instant model, which is always fitted to the current labeling config.
+            # Built for another department list (the config changed while it loads): rather than suggest a
+            # department the project does not have, answer with the instant model, always fitted to the config.
             clf = self._instant
         return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments)
 
     # -- label space ----------------------------------------------------------------------------------------
     def adopt(self, space: LabelSpace) -> None:
-        """Switch to a project's labeling config (another department list): refit the instant model for it."""
+        """Switch to a project's labeling config (another department list): refit the instant model for it and
+        give the LLM the new list (its prompt and prefix cache follow)."""
         with self._fit_lock:
-            if space.departments == self._space.departments:
-                self._space = space
-                return
-            log.info("labeling config changed: %d -> %d departments; refitting the instant model",
-                     len(self._space.departments), len(space.departments))
+            changed = space.departments != self._space.departments
             self._space = space
+        if not changed:
+            return
+        log.info("labeling config now has %d departments; refitting the instant model", len(space.departments))
         self.refit_instant()
+        if self._llm is not None:
+            self.activate_llm(self.store.serving_version(LLM))
 
     # -- instant model --------------------------------------------------------------------------------------
     def refit_instant(self) -> Classifier:
         """Choose the instant method on the frozen evaluation split, refit it on every label, register the
-        version with the held-out scores and, if the instant model is what serves, swap it in. Serialised:
-        concurrent calls queue, never fit in parallel."""
+        version with the held-out scores and, if no LLM serves, swap it in. Serialised: concurrent calls queue,
+        never fit in parallel."""
         with self._fit_lock:
             space = self._space
             seq = self.store.label_seq()
@@ -105,17 +109,18 @@ class ModelManager:
                 train=([l.text for l in train], [l.department for l in train]),
                 all_labels=([l.text for l in labels], [l.department for l in labels]),
                 seed_texts=seeds, evaluate=lambda candidate: self._evaluate(candidate, space),
-                max_text_chars=self.max_text_chars)
+                max_text_chars=self.settings.max_text_chars)
             metrics = {**report[clf.method], "method": clf.method,
                        "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m != "chosen"}}
             self.last_fit_seconds = time.perf_counter() - started
             self.store.add_version(version, INSTANT, status="serving", parent=previous.version if previous else None,
-                                   data={"label_seq": seq, "train_labels": len(train), "labels": len(labels), "departments": len(space.departments),
-                                         "config_hash": space.config_hash, "fit_seconds": round(self.last_fit_seconds, 3)},
+                                   data={"label_seq": seq, "train_labels": len(train), "labels": len(labels),
+                                         "departments": len(space.departments), "config_hash": space.config_hash,
+                                         "fit_seconds": round(self.last_fit_seconds, 3)},
                                    metrics=metrics)
             self.store.promote_version(version)
             self._instant, self._instant_key = clf, (seq, space.departments)
-            if self._serving is None or self._serving.version.startswith(INSTANT):
+            if self._llm is None:
                 self.swap(clf)
             log.info("instant model %s (%s): %d training labels, eval accuracy %s macro-F1 %s (n=%d), %.2f s", version,
                      clf.method, len(train), metrics.get("accuracy"), metrics.get("macro_f1"), metrics.get("n", 0),
@@ -129,6 +134,53 @@ class ModelManager:
                 return version.name
         return f"{INSTANT}-{len(self.store.versions(INSTANT)) + 1}"
 
+    # -- LLM --------------------------------------------------------------------------------------------------
+    def load_llm(self) -> None:
+        """Load BASE_MODEL (minutes for a 7B) and serve its current version. Runs in the background; the
+        instant model answers meanwhile, and keeps answering if this fails."""
+        try:
+            from training.llm_scorer import LlmEngine
+            from training.loading import load_model
+
+            started = time.perf_counter()
+            model, tokenizer = load_model(self.settings.base_model, self.settings.max_seq_length, self.settings.training_device)
+            self._engine = LlmEngine(model, tokenizer, self.settings.max_seq_length)
+            version = self.store.serving_version(LLM) or self._register_initial_llm_version()
+            self.activate_llm(version)
+            self.llm_state = {"state": "ready", "version": version.name, "load_seconds": round(time.perf_counter() - started, 1)}
+        except Exception as exc:
+            log.exception("the LLM could not be loaded; the instant model keeps serving")
+            self.llm_state = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+    def _register_initial_llm_version(self) -> Version:
+        name, path = ("lora-0", self.settings.adapter) if self.settings.adapter else ("llm-base", None)
+        version = self.store.add_version(name, LLM, status="candidate", path=path,
+                                         data={"base_model": self.settings.base_model}, note="initial version")
+        self.store.promote_version(name)
+        return version
+
+    def llm_classifier(self, version: Version, space: LabelSpace | None = None) -> Classifier:
+        """A scorer for `version` (its adapter loaded into the shared engine) over the current departments."""
+        from training.llm_scorer import LlmScorer
+
+        if version.path and version.name not in self._engine.adapters():
+            self._engine.load_adapter(version.path, version.name)
+        scorer = LlmScorer(self._engine, version.name, (space or self._space).departments,
+                           batch_size=self.settings.predict_batch_size, adapter=version.name if version.path else None)
+        return BatchingClassifier(scorer, self.settings.predict_batch_size)
+
+    def activate_llm(self, version: Version) -> None:
+        """Serve `version` (hot swap: requests in flight finish on the old one), score it on the frozen split."""
+        with self._llm_lock:
+            clf = self.llm_classifier(version)
+            if not version.metrics:
+                self.store.update_version(version.name, metrics=self._evaluate(clf, self._space))
+            previous, self._llm = self._llm, clf
+            self.swap(clf)
+            if previous is not None and previous.version != clf.version:
+                self._engine.drop_adapter(previous.version)
+
+    # -- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, clf: Classifier) -> dict:
         return self._evaluate(clf, self._space)
 

@@ -58,7 +58,7 @@ class Service:
         self.catalog = load_catalog(settings.catalog)
         self.metrics = Metrics(self.snapshot)
         self.background = Background(threads=2)
-        self.models = ModelManager(self.store, self.catalog, self._initial_space(), settings.max_text_chars)
+        self.models = ModelManager(self.store, self.catalog, self._initial_space(), settings)
         self._ls_client: LabelStudioClient | None = None
         self._ls_from_setup: tuple[str, str] | None = None  # (hostname, access_token) kept in memory only
         self._last_served: dict[int, str] = {}
@@ -68,6 +68,8 @@ class Service:
     def start(self) -> None:
         """Work that must not delay the first answer: fit the instant model, start the periodic reconcile."""
         self.background.submit("refit-instant", self.models.refit_instant)
+        if self.settings.base_model:
+            threading.Thread(target=self.models.load_llm, name="load-llm", daemon=True).start()
         if self.settings.reconcile_seconds > 0:
             self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
 
@@ -351,6 +353,7 @@ class Service:
             "departments": len(self.models.space.departments),
             "labels": stats,
             "models": snapshot["evaluated"],
+            "llm": self.models.llm_state,
             "projects": [{"id": p["project_id"], "model_version": p["model_version"]} for p in self.store.projects()],
             "background_idle": self.background.idle(),
             "uptime_seconds": round(time.time() - self.started_at, 1),

@@ -21,6 +21,7 @@ from annotation_config.labeling_config import render_labeling_config
 from backend.classifier import summarize
 from backend.labeling import parse_label_config
 from backend.models import ModelManager
+from backend.settings import Settings
 from backend.store import Label, Store
 
 
@@ -46,7 +47,7 @@ def instant(train_x, train_y, test_x, departments):
         store = Store(Path(tmp) / "store.sqlite3")
         for i, (text, label) in enumerate(zip(train_x, train_y), start=1):
             store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=label))
-        manager = ModelManager(store, catalog, space, max_text_chars=20_000)
+        manager = ModelManager(store, catalog, space, Settings())
         started = time.perf_counter()
         clf = manager.refit_instant()
         fit_seconds = time.perf_counter() - started
