@@ -3,12 +3,17 @@
     python -m backend                 # serve (gunicorn, one worker process with threads) on HOST:PORT
     python -m backend demo            # a local Label Studio + this backend + the sample tickets, pre-annotated
     python -m backend settings        # every environment variable, its default and meaning
+    python -m backend versions        # the model registry under MODEL_DIR
+    python -m backend rollback lora-3 # serve an earlier LLM version (the running service hot-swaps to it)
+    python -m backend train --follow  # ask the running service for a fine-tuning round and show its progress
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
+from pathlib import Path
 
 from backend.settings import Settings, SettingsError
 
@@ -46,6 +51,65 @@ def serve(settings: Settings) -> None:
     Server().run()
 
 
+def print_versions(settings: Settings) -> int:
+    from backend.store import Store
+
+    store = Store(settings.store_path)
+    print(f"{'version':<14} {'kind':<8} {'status':<10} {'parent':<12} {'accuracy':>8} {'macro-F1':>8} {'eval n':>6}  created")
+    for v in store.versions():
+        m = v.metrics
+        print(f"{v.name:<14} {v.kind:<8} {v.status:<10} {v.parent or '-':<12} {m.get('accuracy') if m.get('accuracy') is not None else '-':>8} "
+              f"{m.get('macro_f1') if m.get('macro_f1') is not None else '-':>8} {m.get('n', '-'):>6}  {v.created_at[:19]}")
+    return 0
+
+
+def roll_back(settings: Settings, name: str) -> int:
+    from backend.store import Store
+
+    store = Store(settings.store_path)
+    version = store.get_version(name)
+    if version is None or version.kind != "llm":
+        names = ", ".join(v.name for v in store.versions("llm")) or "none"
+        print(f"error: no LLM version {name!r}; LLM versions: {names}", file=sys.stderr)
+        return 2
+    if version.path and not Path(version.path, "adapter_config.json").exists():
+        print(f"error: the adapter files of {name} are missing from {version.path}", file=sys.stderr)
+        return 2
+    store.promote_version(name)
+    print(f"{name} is now the serving LLM version; a running service switches to it within a few seconds")
+    return 0
+
+
+def train_and_follow(settings: Settings, url: str, follow: bool) -> int:
+    import requests
+
+    auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
+    answer = requests.post(f"{url}/jobs", json={"reason": "python -m backend train"}, auth=auth, timeout=10)
+    if answer.status_code >= 400:
+        print(f"error: {answer.json().get('error', answer.text)}", file=sys.stderr)
+        return 2
+    job_id = answer.json()["job"]
+    print(f"training job {job_id} {'queued' if answer.json()['created'] else 'was already queued or running'}")
+    if not follow:
+        return 0
+    from tqdm import tqdm
+
+    with tqdm(desc=f"job {job_id}", unit="step") as bar:
+        while True:
+            job = requests.get(f"{url}/jobs/{job_id}", auth=auth, timeout=10).json()
+            progress = job.get("progress") or {}
+            bar.total = progress.get("total_steps") or bar.total
+            bar.n = progress.get("step") or 0
+            bar.set_postfix(status=job["status"], phase=progress.get("phase"), loss=progress.get("loss"))
+            bar.refresh()
+            if job["finished"]:
+                break
+            time.sleep(1.0)
+    print(f"job {job_id}: {job['status']}" + (f" ({job['error']})" if job.get("error") else "") +
+          (f", version {job['version']}" if job.get("version") else ""))
+    return 0 if job["status"] != "failed" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m backend",
@@ -60,10 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--fresh", action="store_true", help="delete the demo's earlier data first")
     demo.add_argument("--ls-port", type=int, default=8080, help="Label Studio port (default: %(default)s)")
     demo.add_argument("--no-wait", action="store_true", help="set everything up, print the URL, then stop both servers")
+    commands.add_parser("versions", help="list model versions with their scores on the frozen evaluation split")
+    rollback = commands.add_parser("rollback", help="serve an earlier LLM version; the running service follows within seconds")
+    rollback.add_argument("version", help="a version name from 'python -m backend versions', e.g. lora-2 or llm-base")
+    train = commands.add_parser("train", help="ask the running service for a fine-tuning round")
+    train.add_argument("--url", default=None, help="the service (default: http://HOST:PORT)")
+    train.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
     args = parser.parse_args(argv)
 
     if args.command == "settings":
-        print(Settings.describe())
+        from training.config import TrainingConfig
+
+        print("## Service\n\n" + Settings.describe() + "\n\n## Fine-tuning\n\n" + TrainingConfig.describe())
         return 0
     try:
         settings = Settings.from_env()
@@ -71,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command == "versions":
+        return print_versions(settings)
+    if args.command == "rollback":
+        return roll_back(settings, args.version)
+    if args.command == "train":
+        return train_and_follow(settings, args.url or f"http://{settings.host}:{settings.port}", args.follow)
     if args.command == "demo":
         from backend.demo import run_demo
 

@@ -19,7 +19,7 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTES = {"/health", "/setup", "/predict", "/webhook", "/versions", "/metrics", "/status"}
+ROUTES = {"/health", "/setup", "/predict", "/webhook", "/versions", "/metrics", "/status", "/jobs"}
 
 
 def _json_body() -> dict:
@@ -54,7 +54,8 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
     metrics = service.metrics
 
     def endpoint_name() -> str:
-        return request.path if request.path in ROUTES else "other"
+        path = "/jobs" if request.path.startswith("/jobs/") else request.path
+        return path if path in ROUTES else "other"
 
     @app.before_request
     def authenticate():
@@ -122,6 +123,20 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
     @app.get("/versions")
     def versions():
         return jsonify(service.versions())
+
+    @app.get("/jobs")
+    def jobs():
+        return jsonify(service.jobs_list())
+
+    @app.get("/jobs/<int:job_id>")
+    def job(job_id: int):
+        return jsonify(service.job(job_id))
+
+    @app.post("/jobs")
+    def request_job():
+        body = _json_body() if request.content_length else {}
+        reason = body.get("reason") if isinstance(body.get("reason"), str) else "requested through POST /jobs"
+        return jsonify(service.request_training(reason[:200])), 202
 
     @app.get("/status")
     def status():

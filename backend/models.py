@@ -135,6 +135,11 @@ class ModelManager:
         return f"{INSTANT}-{len(self.store.versions(INSTANT)) + 1}"
 
     # -- LLM --------------------------------------------------------------------------------------------------
+    @property
+    def llm_version(self) -> str | None:
+        clf = self._llm
+        return clf.version if clf is not None else None
+
     def load_llm(self) -> None:
         """Load BASE_MODEL (minutes for a 7B) and serve its current version. Runs in the background; the
         instant model answers meanwhile, and keeps answering if this fails."""

@@ -15,10 +15,11 @@ from annotation_config.catalog import load_catalog
 from backend.annotations import NotGold, gold_label
 from backend.background import Background
 from backend.errors import ApiError
+from backend.jobs import JobRunner
 from backend.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from backend.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
 from backend.metrics import Metrics
-from backend.models import ModelManager
+from backend.models import LLM, ModelManager
 from backend.settings import Settings
 from backend.store import Store, now
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 MODEL_VERSION_WAIT_SECONDS = 30.0
+REGISTRY_POLL_SECONDS = 2.0
 
 
 def project_id_of(value: object) -> int | None:
@@ -64,17 +66,27 @@ class Service:
         self._last_served: dict[int, str] = {}
         self._lock = threading.Lock()
         self.started_at = time.time()
+        self.jobs = JobRunner(settings, self.store, self._job_finished) if settings.base_model else None
 
     def start(self) -> None:
         """Work that must not delay the first answer: fit the instant model, start the periodic reconcile."""
         self.background.submit("refit-instant", self.models.refit_instant)
         if self.settings.base_model:
-            threading.Thread(target=self.models.load_llm, name="load-llm", daemon=True).start()
+            threading.Thread(target=self._load_llm_then_train, name="load-llm", daemon=True).start()
         if self.settings.reconcile_seconds > 0:
             self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
 
     def stop(self) -> None:
         self.background.stop()
+        if self.jobs:
+            self.jobs.stop()
+
+    def _load_llm_then_train(self) -> None:
+        """Jobs start only once the serving LLM is up: both would otherwise load a model at the same time."""
+        self.models.load_llm()
+        self.background.submit("follow-registry", self._follow_registry, delay=REGISTRY_POLL_SECONDS)
+        self.jobs.start()
+        self._maybe_queue_training()
 
     def _initial_space(self) -> LabelSpace:
         """The last labeling config a project sent, else LABEL_CONFIG."""
@@ -250,15 +262,60 @@ class Service:
 
     def _labels_changed(self) -> None:
         self.background.submit("refit-instant", self.models.refit_instant, delay=self.settings.instant_refit_seconds)
+        self._maybe_queue_training()
+
+    # -- the model gets better ------------------------------------------------------------------------------
+    def _maybe_queue_training(self) -> None:
+        """TRAIN_EVERY_N_LABELS new gold labels since the last job queue the next one."""
+        every = self.settings.train_every_n_labels
+        if self.jobs is None or every <= 0 or self.models.llm_state.get("state") != "ready":
+            return
+        new = self.store.count_labels(since_seq=self.store.last_job_label_seq("train"))
+        if new >= every:
+            self.jobs.request(f"{new} new gold labels (TRAIN_EVERY_N_LABELS={every})")
+
+    def request_training(self, reason: str, project_id: int | None = None) -> dict:
+        if self.jobs is None:
+            raise ApiError(409, "no LLM is configured (BASE_MODEL): the instant model refits by itself after every label")
+        job, created = self.jobs.request(reason, project_id)
+        return {"job": job.id, "status": job.status, "created": created}
+
+    def _job_finished(self, job) -> None:
+        """A promotion is hot-swapped right away (the registry watcher would find it within seconds too)."""
+        if job.status == "promoted":
+            self._follow_registry(reschedule=False)
+        self._maybe_queue_training()
+
+    def _follow_registry(self, reschedule: bool = True) -> None:
+        """Serve whatever the registry says serves: a promotion by a training job, or a rollback from the CLI."""
+        try:
+            wanted = self.store.serving_version(LLM)
+            if wanted is not None and self.models.llm_state.get("state") == "ready" and self.models.llm_version != wanted.name:
+                self.models.activate_llm(wanted)
+                self.models.llm_state = {**self.models.llm_state, "version": wanted.name}
+        except Exception:
+            log.exception("could not switch to the registry's serving version")
+        finally:
+            if reschedule:
+                self.background.submit("follow-registry", self._follow_registry, delay=REGISTRY_POLL_SECONDS)
 
     def _start_training(self, project_id: int | None) -> dict:
-        """START_TRAINING carries no annotations: pull them, reconcile the store, then train."""
+        """START_TRAINING carries no annotations: pull them and reconcile the store, then train (the LLM) or
+        refit (the instant model, which the reconcile triggers by itself)."""
         if project_id is None:
             raise ApiError(422, "START_TRAINING needs 'project' with an integer 'id'")
         self.store.remember_project(project_id)
-        self.background.submit(f"reconcile-{project_id}", lambda: self.reconcile(project_id, then_refit=True))
+
+        def reconcile_then_train():
+            self.reconcile(project_id)
+            if self.jobs is not None:
+                self.jobs.request("START_TRAINING from Label Studio", project_id)
+        self.background.submit(f"reconcile-{project_id}", reconcile_then_train)
         self.metrics.webhooks.labels("START_TRAINING", "queued").inc()
-        return {"status": "queued", "action": "START_TRAINING", "reconcile": f"project {project_id}"}
+        answer = {"status": "queued", "action": "START_TRAINING", "reconcile": f"project {project_id}"}
+        if self.jobs is None:
+            answer["training"] = "no LLM configured: the instant model refits from the pulled labels"
+        return answer
 
     # -- the store follows Label Studio ---------------------------------------------------------------------
     def ls_client(self) -> LabelStudioClient | None:
@@ -270,7 +327,7 @@ class Service:
                     self._ls_client = LabelStudioClient(*self._ls_from_setup)
             return self._ls_client
 
-    def reconcile(self, project_id: int, then_refit: bool = False) -> dict:
+    def reconcile(self, project_id: int) -> dict:
         """Make the store equal Label Studio's annotations of a project: recovers lost webhooks. All pages are
         read before anything is written, so a failing Label Studio leaves the store as it was."""
         client = self.ls_client()
@@ -322,6 +379,15 @@ class Service:
             self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
 
     # -- what people ask ------------------------------------------------------------------------------------
+    def jobs_list(self) -> dict:
+        return {"jobs": [j.to_dict() for j in self.store.jobs(limit=50)]}
+
+    def job(self, job_id: int) -> dict:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise ApiError(404, f"no job {job_id}")
+        return job.to_dict()
+
     def versions(self) -> dict:
         versions = self.store.versions()
         return {"versions": [v.name for v in versions], "serving": self.models.serving_version,

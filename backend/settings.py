@@ -19,46 +19,16 @@ class SettingsError(ValueError):
     """An environment variable has a value the service cannot use."""
 
 
-def _setting(env: str, default, doc: str):
+def setting(env: str, default, doc: str):
+    """A configuration field read from the environment variable `env`."""
     return field(default=default, metadata={"env": env, "doc": doc})
 
 
-@dataclass(frozen=True)
-class Settings:
-    # Label Studio connection
-    label_studio_url: str = _setting("LABEL_STUDIO_URL", "", "Label Studio base URL, e.g. http://127.0.0.1:8080; needed to pull annotations on START_TRAINING, reconcile, set the project's model_version and push predictions")
-    label_studio_api_key: str = _setting("LABEL_STUDIO_API_KEY", "", "Label Studio API key (legacy token or personal access token) used by the backend; never logged or stored")
-    # Service
-    host: str = _setting("HOST", "127.0.0.1", "interface to listen on; 127.0.0.1 keeps the backend private, 0.0.0.0 exposes it (then set BASIC_AUTH_*)")
-    port: int = _setting("PORT", 9090, "HTTP port")
-    threads: int = _setting("THREADS", 8, "gunicorn worker threads (one worker process holds the model; threads keep /health and /webhook fast while /predict runs)")
-    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
-    basic_auth_user: str = _setting("BASIC_AUTH_USER", "", "when set with BASIC_AUTH_PASS, every request needs HTTP Basic auth (configure the same pair in Label Studio's model settings)")
-    basic_auth_pass: str = _setting("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER")
-    public_health: bool = _setting("PUBLIC_HEALTH", True, "leave GET /health open without auth (for load balancers); other endpoints still need it")
-    max_request_bytes: int = _setting("MAX_REQUEST_BYTES", 20_000_000, "larger request bodies are refused with 413")
-    max_tasks_per_predict: int = _setting("MAX_TASKS_PER_PREDICT", 5000, "a /predict call with more tasks is refused with 413")
-    max_text_chars: int = _setting("MAX_TEXT_CHARS", 20_000, "ticket texts longer than this are cut for prediction and refused as gold labels (422)")
-    # Storage and models
-    model_dir: Path = _setting("MODEL_DIR", Path("models"), "where the label store (SQLite), model versions and job logs live")
-    labeling_config: Path = _setting("LABEL_CONFIG", DEFAULT_LABELING_CONFIG, "labeling config used before Label Studio sends one (the project's config wins once it arrives)")
-    catalog: Path = _setting("CATALOG", DEFAULT_CATALOG, "department catalog; its duties texts seed the instant model")
-    model_title: str = _setting("MODEL_TITLE", "dept", "prefix of model version names")
-    base_model: str = _setting("BASE_MODEL", "", "local path of the LLM (a Qwen2-family causal LM such as DeepSeek-R1-Distill-Qwen-7B); empty: the instant model serves")
-    adapter: str = _setting("ADAPTER", "", "optional LoRA adapter directory to start from")
-    max_seq_length: int = _setting("MAX_SEQ_LENGTH", 896, "LLM context length used for scoring and training")
-    predict_batch_size: int = _setting("PREDICT_BATCH_SIZE", 32, "tickets per LLM forward pass; concurrent /predict calls are merged up to this")
-    # Learning loop
-    eval_fraction: float = _setting("EVAL_FRACTION", 0.2, "share of each department's gold texts frozen into the evaluation split")
-    instant_refit_seconds: float = _setting("INSTANT_REFIT_SECONDS", 2.0, "the instant model refits at most this often while labels arrive")
-    train_every_n_labels: int = _setting("TRAIN_EVERY_N_LABELS", 200, "queue an LLM fine-tuning job after this many new gold labels (0: only on START_TRAINING)")
-    promote_tolerance: float = _setting("PROMOTE_TOLERANCE", 0.0, "a candidate is promoted unless its macro-F1 on the frozen split is lower than the serving version's by more than this")
-    replay_ratio: float = _setting("REPLAY_RATIO", 1.0, "earlier gold labels replayed per new label in a fine-tuning round (stratified)")
-    reconcile_seconds: float = _setting("RECONCILE_SECONDS", 600.0, "pull all annotations from Label Studio this often to recover lost webhooks (0: only on START_TRAINING)")
-    training_device: str = _setting("TRAINING_DEVICE", "auto", "auto, cuda or cpu")
+class EnvConfig:
+    """Typed configuration from environment variables; subclasses are frozen dataclasses of `setting` fields."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides):
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
@@ -67,9 +37,68 @@ class Settings:
                 continue
             values[f.name] = _convert(f, raw)
         values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        pass
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that recreates this configuration in another process (a training worker)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.metadata["env"]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return out
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return next(f.metadata["env"] for f in fields(cls) if f.name == name)
+
+    @classmethod
+    def describe(cls) -> str:
+        """A Markdown table of every setting: variable, default, meaning."""
+        lines = ["| variable | default | meaning |", "|---|---|---|"]
+        for f in fields(cls):
+            default = f.default if not isinstance(f.default, Path) else _relative(f.default)
+            lines.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['doc']} |")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Settings(EnvConfig):
+    # Label Studio connection
+    label_studio_url: str = setting("LABEL_STUDIO_URL", "", "Label Studio base URL, e.g. http://127.0.0.1:8080; needed to pull annotations on START_TRAINING, reconcile, set the project's model_version and push predictions")
+    label_studio_api_key: str = setting("LABEL_STUDIO_API_KEY", "", "Label Studio API key (legacy token or personal access token) used by the backend; never logged or stored")
+    # Service
+    host: str = setting("HOST", "127.0.0.1", "interface to listen on; 127.0.0.1 keeps the backend private, 0.0.0.0 exposes it (then set BASIC_AUTH_*)")
+    port: int = setting("PORT", 9090, "HTTP port")
+    threads: int = setting("THREADS", 8, "gunicorn worker threads (one worker process holds the model; threads keep /health and /webhook fast while /predict runs)")
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    basic_auth_user: str = setting("BASIC_AUTH_USER", "", "when set with BASIC_AUTH_PASS, every request needs HTTP Basic auth (configure the same pair in Label Studio's model settings)")
+    basic_auth_pass: str = setting("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER")
+    public_health: bool = setting("PUBLIC_HEALTH", True, "leave GET /health open without auth (for load balancers); other endpoints still need it")
+    max_request_bytes: int = setting("MAX_REQUEST_BYTES", 20_000_000, "larger request bodies are refused with 413")
+    max_tasks_per_predict: int = setting("MAX_TASKS_PER_PREDICT", 5000, "a /predict call with more tasks is refused with 413")
+    max_text_chars: int = setting("MAX_TEXT_CHARS", 20_000, "ticket texts longer than this are cut for prediction and refused as gold labels (422)")
+    # Storage and models
+    model_dir: Path = setting("MODEL_DIR", Path("models"), "where the label store (SQLite), model versions and job logs live")
+    labeling_config: Path = setting("LABEL_CONFIG", DEFAULT_LABELING_CONFIG, "labeling config used before Label Studio sends one (the project's config wins once it arrives)")
+    catalog: Path = setting("CATALOG", DEFAULT_CATALOG, "department catalog; its duties texts seed the instant model")
+    base_model: str = setting("BASE_MODEL", "", "local path of the LLM (a Qwen2-family causal LM such as DeepSeek-R1-Distill-Qwen-7B); empty: the instant model serves")
+    adapter: str = setting("ADAPTER", "", "optional LoRA adapter directory to start from")
+    max_seq_length: int = setting("MAX_SEQ_LENGTH", 896, "LLM context length used for scoring and training")
+    predict_batch_size: int = setting("PREDICT_BATCH_SIZE", 32, "tickets per LLM forward pass; concurrent /predict calls are merged up to this")
+    # Learning loop
+    eval_fraction: float = setting("EVAL_FRACTION", 0.2, "share of each department's gold texts frozen into the evaluation split")
+    instant_refit_seconds: float = setting("INSTANT_REFIT_SECONDS", 2.0, "the instant model refits at most this often while labels arrive")
+    train_every_n_labels: int = setting("TRAIN_EVERY_N_LABELS", 200, "queue an LLM fine-tuning job after this many new gold labels (0: only on START_TRAINING)")
+    reconcile_seconds: float = setting("RECONCILE_SECONDS", 600.0, "pull all annotations from Label Studio this often to recover lost webhooks (0: only on START_TRAINING)")
+    training_device: str = setting("TRAINING_DEVICE", "auto", "where the LLM runs: auto (CUDA if present), cuda or cpu")
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -97,22 +126,6 @@ class Settings:
     @property
     def versions_dir(self) -> Path:
         return self.model_dir / "versions"
-
-    def replace(self, **changes) -> "Settings":
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def env_name(cls, name: str) -> str:
-        return next(f.metadata["env"] for f in fields(cls) if f.name == name)
-
-    @classmethod
-    def describe(cls) -> str:
-        """A Markdown table of every setting: variable, default, meaning."""
-        lines = ["| variable | default | meaning |", "|---|---|---|"]
-        for f in fields(cls):
-            default = f.default if not isinstance(f.default, Path) else _relative(f.default)
-            lines.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['doc']} |")
-        return "\n".join(lines)
 
 
 def _relative(path: Path) -> str:

@@ -169,8 +169,14 @@ class Job:
     version: str | None
     error: str | None
 
+    @property
+    def finished(self) -> bool:
+        """Trained and gated (promoted/rejected), failed, or done with nothing to train ("succeeded" is also the
+        state between training and the gate, so the finish time is what tells)."""
+        return self.finished_at is not None
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "finished": self.finished}
 
 
 @dataclass
@@ -520,7 +526,8 @@ class Store:
         return [_job(r) for r in self._read(sql, params)]
 
     def last_job_label_seq(self, kind: str) -> int:
-        rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ?", (kind,))
+        """Labels up to this sequence number were (or are being) trained on; failed jobs do not count."""
+        rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND status != 'failed'", (kind,))
         return rows[0]["s"] or 0
 
 

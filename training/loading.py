@@ -54,13 +54,16 @@ def resolve_device(device: str) -> str:
 
 def load_model(base_model: str, max_seq_length: int = 896, device: str = "auto", for_training: bool = False):
     """(model, tokenizer) for `base_model`, a local folder. On CUDA the weights are loaded in 4 bits by unsloth."""
+    cuda = resolve_device(device) == "cuda"
+    if cuda:
+        import unsloth  # noqa: F401  (must come before transformers to patch it)
     from transformers import AutoTokenizer
 
     if not Path(base_model).exists():
         raise FileNotFoundError(f"BASE_MODEL={base_model} does not exist; point it at a local copy of the weights")
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     check_tokenizer(tokenizer, base_model)
-    if resolve_device(device) == "cuda":
+    if cuda:
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
@@ -77,5 +80,5 @@ def load_model(base_model: str, max_seq_length: int = 896, device: str = "auto",
             model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("loaded %s (%s, %s)", base_model, type(model).__name__, "4-bit unsloth" if resolve_device(device) == "cuda" else "float32 CPU")
+    log.info("loaded %s (%s, %s)", base_model, type(model).__name__, "4-bit unsloth" if cuda else "float32 CPU")
     return model, tokenizer

@@ -66,6 +66,9 @@ def build_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+        # Larger than the usual 0.02 so a frozen random LM head can express a confident answer: with 0.02 its
+        # logits stay near uniform whatever LoRA learns, and nothing measurable is learnt in a test's few steps.
+        initializer_range=0.1,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return Qwen2ForCausalLM(config).eval()

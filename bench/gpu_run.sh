@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every GPU stage in one command on the lent H200 (see BENCHMARKS.md). Run from the repo root there, with
+# .whl (../shared/tools/gpu-wheelhouse) and .bench-data (tokenizer + Shanghai tickets) carried along:
+#   bash bench/gpu_run.sh [scoring] [training]      results land in $OUT (default ./out)
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+stages=${*:-scoring training}
+for stage in $stages; do
+  case $stage in
+    scoring)
+      python3 -m bench.llm_scoring --random-7b /tmp/r1-7b-random --tokenizer .bench-data/tokenizer \
+        --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/scoring.jsonl" 2>&1 | tee "$OUT/scoring.log" ;;
+    training)
+      python3 -m bench.training_round --random-7b /tmp/r1-7b-random --tokenizer .bench-data/tokenizer \
+        --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/training.jsonl" 2>&1 | tee "$OUT/training.log" ;;
+  esac
+done

@@ -1,0 +1,324 @@
+"""One fine-tuning round, top to bottom, as the backend's job runner starts it in its own process:
+
+    python -m training.round --job 7          # MODEL_DIR, BASE_MODEL, TRAIN_* ... come from the environment
+
+1. claim the job            mark it running in the store, with this process's pid
+2. choose the data          gold labels new since the serving adapter + a stratified replay of earlier ones;
+                            the frozen evaluation split is never trained on
+3. load the model           4-bit unsloth on CUDA, float32 transformers + peft on CPU; a fresh LoRA, or the
+                            serving adapter's weights to continue from
+4. train                    TRL's SFTTrainer, loss on the answer only, padding-free batches, progress to the store
+5. save                     the adapter into a temporary folder, renamed into versions/ only when complete
+6. gate                     candidate and serving version scored on the same frozen split; promoted unless its
+                            macro-F1 falls by more than PROMOTE_TOLERANCE, else kept as rejected with its report
+The serving process follows the registry: a promotion is hot-swapped there, without a restart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from backend.labeling import LabelSpace, parse_label_config
+from backend.settings import Settings
+from backend.store import Store, StoredLabel, now
+from training.config import TrainingConfig
+
+log = logging.getLogger("training.round")
+
+LLM = "llm"
+
+
+# -- 2. data ----------------------------------------------------------------------------------------------------
+def stratified_sample(labels: list[StoredLabel], k: int, seed: int) -> list[StoredLabel]:
+    """k labels keeping each department's share (largest remainders), so rare departments are replayed too."""
+    if k >= len(labels):
+        return list(labels)
+    if k <= 0:
+        return []
+    rng = random.Random(seed)
+    by_department: dict[str, list[StoredLabel]] = defaultdict(list)
+    for label in labels:
+        by_department[label.department].append(label)
+    exact = {d: k * len(group) / len(labels) for d, group in by_department.items()}
+    quota = {d: int(q) for d, q in exact.items()}
+    for d in sorted(exact, key=lambda d: exact[d] - quota[d], reverse=True)[: k - sum(quota.values())]:
+        quota[d] += 1
+    sample = []
+    for d, group in sorted(by_department.items()):
+        sample.extend(rng.sample(group, quota[d]))
+    return sample
+
+
+def choose_data(store: Store, space: LabelSpace, parent_seq: int, config: TrainingConfig):
+    train = [l for l in store.labels(split="train") if l.department in space.departments]
+    new = [l for l in train if l.seq > parent_seq]
+    replay = stratified_sample([l for l in train if l.seq <= parent_seq], round(config.replay_ratio * len(new)), config.seed)
+    held_out = [l for l in store.labels(split="eval") if l.department in space.departments]
+    return new, replay, held_out
+
+
+# -- 3. model ---------------------------------------------------------------------------------------------------
+def attach_lora(model, config: TrainingConfig, cuda: bool, parent_adapter: str | None):
+    """A LoRA on every projection; when a serving adapter exists its weights are loaded to continue from."""
+    if cuda:
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.modules, bias="none", use_gradient_checkpointing="unsloth", random_state=config.seed)
+    else:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(config.seed)
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                                 target_modules=config.modules, bias="none", task_type="CAUSAL_LM"))
+    if parent_adapter:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        parent_config = json.loads((Path(parent_adapter) / "adapter_config.json").read_text())
+        if (parent_config.get("r"), parent_config.get("lora_alpha")) == (config.lora_r, config.lora_alpha):
+            result = set_peft_model_state_dict(model, load_file(str(Path(parent_adapter) / "adapter_model.safetensors")))
+            if getattr(result, "unexpected_keys", None):
+                raise RuntimeError(f"the adapter in {parent_adapter} does not fit this model: {result.unexpected_keys[:3]}")
+            log.info("continuing from the serving adapter %s", parent_adapter)
+        else:
+            log.warning("the serving adapter has r=%s alpha=%s, this round r=%s alpha=%s: starting a fresh LoRA",
+                        parent_config.get("r"), parent_config.get("lora_alpha"), config.lora_r, config.lora_alpha)
+    return model
+
+
+# -- 4. train ---------------------------------------------------------------------------------------------------
+class JobProgress:
+    """A TrainerCallback that writes step, loss and ETA to the job row, which /jobs and /metrics read."""
+
+    def __init__(self, store: Store, job_id: int):
+        from transformers import TrainerCallback
+
+        store_, job = store, job_id
+
+        class Callback(TrainerCallback):
+            started = None
+            loss = None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.started = time.monotonic()
+                store_.update_job(job, progress={"step": 0, "total_steps": state.max_steps, "phase": "training"})
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    self.loss = float(logs["loss"])
+
+            def on_step_end(self, args, state, control, **kwargs):
+                elapsed = time.monotonic() - self.started
+                eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+                store_.update_job(job, progress={"step": state.global_step, "total_steps": state.max_steps,
+                                                 "loss": self.loss, "eta_seconds": round(eta, 1), "phase": "training"})
+
+        self.callback = Callback()
+
+
+def sft_trainer_class(cuda: bool):
+    """TRL's SFTTrainer. Its loss runs through Triton kernels, which exist on the GPU only; on the CPU the model's
+    own cross-entropy over the same labels is the same loss."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    if cuda:
+        return SFTTrainer
+
+    class CpuSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False  # also what lets transformers isolate padding-free rows on CPU
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    return CpuSFTTrainer
+
+
+def fine_tune(model, tokenizer, examples: list[dict], config: TrainingConfig, cuda: bool, output_dir: Path,
+              max_length: int, callbacks=(), padding_free: bool = True, pad_to_multiple_of: int | None = None) -> dict:
+    """TRL SFT on pre-tokenized examples ({"input_ids", "labels"}): our tokens and our loss mask are used as
+    they are, so training sees exactly the sequences scoring reads."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=config.micro_batch,
+        gradient_accumulation_steps=config.grad_accumulation, learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
+        optim=config.optimizer if cuda else "adamw_torch", bf16=bf16, fp16=cuda and not bf16,
+        num_train_epochs=config.epochs, seed=config.seed, data_seed=config.seed,
+        max_length=None if padding_free else max_length,  # our examples already fit; TRL refuses to cut padding-free rows
+        padding_free=padding_free, pad_to_multiple_of=pad_to_multiple_of, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=not cuda, dataloader_num_workers=0, disable_tqdm=False,
+    )
+    trainer = sft_trainer_class(cuda)(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+                         callbacks=list(callbacks))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    tokens = sum(len(e["input_ids"]) for e in examples) * config.epochs
+    return {"steps": result.global_step, "train_loss": round(float(result.training_loss), 4), "train_seconds": round(seconds, 2),
+            "examples": len(examples), "tokens": int(tokens), "tokens_per_second": round(tokens / seconds, 1),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None}
+
+
+# -- 5. save ----------------------------------------------------------------------------------------------------
+def save_adapter(model, versions_dir: Path, name: str, metadata: dict) -> Path:
+    """Write into a temporary folder, flush it to disk, then rename: a crash mid-write leaves no version."""
+    versions_dir.mkdir(parents=True, exist_ok=True)
+    final, partial = versions_dir / name, versions_dir / f".partial-{name}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(str(partial))
+        (partial / "training.json").write_text(json.dumps(metadata, ensure_ascii=False, indent=2), encoding="utf-8")
+        for file in partial.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        os.rename(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def next_version_name(store: Store) -> str:
+    numbers = [int(v.name.split("-")[1]) for v in store.versions(LLM) if v.name.startswith("lora-") and v.name.split("-")[1].isdigit()]
+    return f"lora-{max(numbers, default=0) + 1}"
+
+
+# -- 6. gate ----------------------------------------------------------------------------------------------------
+def evaluate(engine, adapter: str | None, name: str, departments, held_out, batch_size: int) -> dict:
+    from backend.classifier import summarize
+    from backend.evaluation import classification_report
+    from training.llm_scorer import LlmScorer
+
+    if not held_out:
+        return classification_report([], [])
+    scorer = LlmScorer(engine, name, departments, batch_size=batch_size, adapter=adapter)
+    predicted = [p.department for p in summarize(scorer.predict_proba([l.text for l in held_out]), departments, k=1)]
+    return classification_report([l.department for l in held_out], predicted)
+
+
+def gate(candidate: dict, serving: dict, tolerance: float) -> tuple[bool, str]:
+    new, old = candidate.get("macro_f1"), serving.get("macro_f1")
+    if new is None or old is None:
+        return True, "no evaluation labels yet: promoted without a comparison"
+    if new >= old - tolerance:
+        return True, f"macro-F1 {new:.4f} vs serving {old:.4f} (tolerance {tolerance})"
+    return False, f"macro-F1 {new:.4f} fell below serving {old:.4f} by more than {tolerance}"
+
+
+# -- the round --------------------------------------------------------------------------------------------------
+def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
+    """Returns the job's final status: promoted, rejected or succeeded (nothing new to learn)."""
+    from training.loading import load_model, resolve_device
+
+    store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
+    # 1. claim the job
+    seq = store.label_seq()
+    store.update_job(job_id, status="running", started_at=now(), pid=os.getpid(), label_seq=seq,
+                     progress={"phase": "preparing"})
+    space = parse_label_config(store.get_meta("label_config") or Path(settings.labeling_config).read_text(encoding="utf-8"))
+    parent = store.serving_version(LLM)
+
+    # 2. choose the data
+    new, replay, held_out = choose_data(store, space, (parent.data.get("label_seq", 0) if parent else 0), config)
+    log.info("job %d: %d new labels, %d replayed, %d held out for the gate; parent %s", job_id, len(new), len(replay),
+             len(held_out), parent.name if parent else "base model")
+    if not new:
+        store.update_job(job_id, status="succeeded", finished_at=now(), progress={"phase": "done"},
+                         error="no new gold labels since the serving version: nothing to train")
+        return "succeeded"
+
+    # 3. load the model
+    cuda = resolve_device(settings.training_device) == "cuda"
+    store.update_job(job_id, progress={"phase": "loading model"})
+    model, tokenizer = load_model(settings.base_model, settings.max_seq_length, settings.training_device, for_training=True)
+    model = attach_lora(model, config, cuda, parent.path if parent and parent.path else None)
+    from training.prompt import PromptTemplate
+
+    template = PromptTemplate(tokenizer, space.departments, settings.max_seq_length)
+    examples = []
+    for label in new + replay:
+        encoded = template.training_example(label.text, label.department, label.rationale)
+        examples.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    random.Random(config.seed).shuffle(examples)
+
+    # 4. train
+    stats = fine_tune(model, tokenizer, examples, config, cuda, settings.model_dir / "jobs" / f"{job_id}-trainer",
+                      settings.max_seq_length, callbacks=[JobProgress(store, job_id).callback])
+    log.info("job %d trained: %s", job_id, stats)
+
+    # 5. save
+    name = next_version_name(store)
+    metadata = {"job": job_id, "parent": parent.name if parent else None, "base_model": settings.base_model,
+                "label_seq": seq, "new_labels": len(new), "replay_labels": len(replay), **stats,
+                "config": {k: v for k, v in config.to_env().items()}}
+    path = save_adapter(model, settings.versions_dir, name, metadata)
+    store.add_version(name, LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)
+
+    # 6. gate: both versions on the same frozen split
+    store.update_job(job_id, status="succeeded", version=name, progress={"phase": "evaluating", "step": stats["steps"],
+                                                                         "total_steps": stats["steps"]})
+    from training.llm_scorer import LlmEngine
+
+    if cuda:
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    engine = LlmEngine(model, tokenizer, settings.max_seq_length)
+    candidate = evaluate(engine, "default", name, space.departments, held_out, settings.predict_batch_size)
+    if parent and parent.path:
+        engine.load_adapter(parent.path, "serving")
+        serving = evaluate(engine, "serving", parent.name, space.departments, held_out, settings.predict_batch_size)
+    else:
+        serving = evaluate(engine, None, parent.name if parent else "base", space.departments, held_out, settings.predict_batch_size)
+    promote, reason = gate(candidate, serving, config.promote_tolerance)
+    report = {**candidate, "serving_version": parent.name if parent else None, "serving_metrics": serving, "gate": reason}
+    store.update_version(name, metrics=report, note=reason)
+    if parent:
+        store.update_version(parent.name, metrics={**parent.metrics, "on_split_of": name, **serving})
+    if promote:
+        store.promote_version(name)
+    else:
+        store.update_version(name, status="rejected")
+    status = "promoted" if promote else "rejected"
+    store.update_job(job_id, status=status, finished_at=now(), progress={"phase": "done", "step": stats["steps"],
+                                                                         "total_steps": stats["steps"]})
+    log.info("job %d: %s %s (%s)", job_id, name, status, reason)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.round", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job", type=int, required=True, help="id of the queued job in the store")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings, config = Settings.from_env(), TrainingConfig.from_env()
+    try:
+        run_round(args.job, settings, config)
+    except Exception as exc:
+        log.exception("job %d failed", args.job)
+        Store(settings.store_path).update_job(args.job, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
