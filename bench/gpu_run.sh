@@ -12,7 +12,7 @@ for stage in $stages; do
   case $stage in
     scoring)
       python3 -m bench.llm_scoring --random-7b /tmp/r1-7b-random --tokenizer .bench-data/tokenizer \
-        --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/scoring.jsonl" 2>&1 | tee "$OUT/scoring.log" ;;
+        --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/scoring.jsonl" --profile "$OUT/profile_b1.txt" 2>&1 | tee "$OUT/scoring.log" ;;
     training)
       python3 -m bench.training_round --random-7b /tmp/r1-7b-random --tokenizer .bench-data/tokenizer \
         --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/training.jsonl" 2>&1 | tee "$OUT/training.log" ;;

@@ -158,11 +158,18 @@ def _fresh_cache(tensors: list[tuple[torch.Tensor, torch.Tensor]], batch: int, l
 
 @dataclass
 class _Prepared:
+    """Everything about one version and department list that does not change from ticket to ticket."""
+
     template: PromptTemplate
     trie: DepartmentTrie
-    node_visibility: torch.Tensor
     prefix: list[tuple[torch.Tensor, torch.Tensor]]
     legacy_cache: bool
+    # the trie, on the model's device
+    node_visibility: torch.Tensor
+    node_tokens: torch.Tensor
+    node_depths: torch.Tensor
+    slot_tokens: torch.Tensor
+    path_index: torch.Tensor
 
 
 class LlmScorer:
@@ -183,7 +190,11 @@ class LlmScorer:
             template = PromptTemplate(engine.tokenizer, self.departments, engine.max_seq_length)
             trie = DepartmentTrie(template.department_ids, template.eos_id)
             prefix, legacy = engine.prefix_cache(template.prefix_ids, self.adapter)
-            self._prepared = _Prepared(template, trie, trie.ancestors_or_self().to(engine.device), prefix, legacy)
+            device = engine.device
+            self._prepared = _Prepared(
+                template, trie, prefix, legacy, node_visibility=trie.ancestors_or_self().to(device),
+                node_tokens=torch.tensor(trie.tokens, device=device), node_depths=torch.tensor(trie.depths, device=device),
+                slot_tokens=trie.slot_tokens.to(device), path_index=trie.path_index.to(device))
             log.info("%s: prompt prefix %d tokens cached, %d departments in a %d-node token trie, up to %d ticket tokens",
                      self.version, len(template.prefix_ids), len(self.departments), len(trie), template.max_ticket_tokens)
         return self._prepared
@@ -214,18 +225,16 @@ class LlmScorer:
         if width > engine.max_seq_length:
             raise ValueError(f"{widest} query tokens + {nodes} trie nodes exceed MAX_SEQ_LENGTH={engine.max_seq_length}")
 
-        lengths = torch.tensor([len(q) for q in queries], device=device)
-        input_ids = torch.full((batch, width), prepared.template.eos_id, dtype=torch.long, device=device)
-        positions = torch.full((batch, width), prefix_len, dtype=torch.long, device=device)
+        # Built on the CPU and moved once. Left padding: every ticket's last token sits at column widest - 1.
+        rows = [[prepared.template.eos_id] * (widest - len(q)) + q for q in queries]
+        input_ids = torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+        lengths = torch.tensor([len(q) for q in queries]).to(device, non_blocking=True)
         column = torch.arange(widest, device=device)
-        for i, q in enumerate(queries):  # left padding: every ticket's last token sits at column widest - 1
-            input_ids[i, widest - len(q): widest] = torch.tensor(q, device=device)
         real = column[None, :] >= (widest - lengths)[:, None]  # (batch, widest)
-        positions[:, :widest] = torch.where(real, prefix_len + column[None, :] - (widest - lengths)[:, None], prefix_len)
-        node_tokens = torch.tensor(trie.tokens, device=device)
-        depths = torch.tensor(trie.depths, device=device)
-        input_ids[:, widest:] = node_tokens
-        positions[:, widest:] = prefix_len + lengths[:, None] + depths[None, :]
+        query_positions = torch.where(real, prefix_len + column[None, :] - (widest - lengths)[:, None], prefix_len)
+        node_positions = prefix_len + lengths[:, None] + prepared.node_depths[None, :]
+        input_ids = torch.cat([input_ids, prepared.node_tokens.expand(batch, -1)], dim=1)
+        positions = torch.cat([query_positions, node_positions], dim=1)
 
         allowed = torch.zeros((batch, width, prefix_len + width), dtype=torch.bool, device=device)
         allowed[:, :, :prefix_len] = True
@@ -242,17 +251,18 @@ class LlmScorer:
                 past_key_values=_fresh_cache(prepared.prefix, batch, prepared.legacy_cache), use_cache=False,
             ).last_hidden_state
             slots = torch.cat([hidden[:, widest - 1: widest], hidden[:, widest:]], dim=1)  # (batch, 1 + nodes, dim)
-            logprobs = self._slot_logprobs(slots.reshape(-1, slots.shape[-1]), trie, batch)
+            logprobs = self._slot_logprobs(slots.reshape(-1, slots.shape[-1]), prepared.slot_tokens, batch)
         flat = torch.cat([logprobs.reshape(batch, -1), torch.zeros((batch, 1), device=logprobs.device)], dim=1)
-        return flat[:, trie.path_index.to(flat.device)].sum(dim=-1).double().cpu().numpy()
+        return flat[:, prepared.path_index].sum(dim=-1).double().cpu().numpy()
 
-    def _slot_logprobs(self, rows: torch.Tensor, trie: DepartmentTrie, batch: int) -> torch.Tensor:
+    def _slot_logprobs(self, rows: torch.Tensor, slot_tokens: torch.Tensor, batch: int) -> torch.Tensor:
         """log-softmax over the vocabulary at each slot, kept only for the tokens the trie needs there."""
-        slot_tokens = trie.slot_tokens.to(rows.device).repeat(batch, 1)  # (batch * slots, width)
+        width = slot_tokens.shape[1]
+        slot_tokens = slot_tokens.repeat(batch, 1)  # (batch * slots, width)
         vocab = self.engine.lm_head.out_features if hasattr(self.engine.lm_head, "out_features") else self.engine.lm_head.weight.shape[0]
         step = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
         out = []
         for start in range(0, rows.shape[0], step):
             logits = self.engine.lm_head(rows[start: start + step]).float()
             out.append(logits.gather(1, slot_tokens[start: start + step]) - torch.logsumexp(logits, dim=1, keepdim=True))
-        return torch.cat(out).reshape(batch, -1, trie.slot_tokens.shape[1])
+        return torch.cat(out).reshape(batch, -1, width)
