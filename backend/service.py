@@ -70,6 +70,9 @@ class Service:
 
     def start(self) -> None:
         """Work that must not delay the first answer: fit the instant model, start the periodic reconcile."""
+        if self.store.departments() != self.models.space.departments:
+            self.store.set_label_space(self.store.get_meta("label_config") or
+                                       Path(self.settings.labeling_config).read_text(encoding="utf-8"), self.models.space.departments)
         self.background.submit("refit-instant", self.models.refit_instant)
         if self.settings.base_model:
             threading.Thread(target=self._load_llm_then_train, name="load-llm", daemon=True).start()
@@ -102,7 +105,7 @@ class Service:
         if project_id is not None:
             self.store.remember_project(project_id, config)
         if space.departments != self.models.space.departments or self.store.get_meta("label_config") != config:
-            self.store.set_meta("label_config", config)
+            self.store.set_label_space(config, space.departments)
             self.background.submit("adopt-config", lambda: self.models.adopt(space))
 
     # -- Label Studio connects ------------------------------------------------------------------------------

@@ -257,6 +257,17 @@ class Store:
         db.execute("INSERT INTO meta(key, value) VALUES ('label_seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(seq),))
         return seq
 
+    def set_label_space(self, label_config: str, departments: tuple[str, ...]) -> None:
+        """The labeling config the service serves, and its department list for readers that do not parse XML
+        (the training worker)."""
+        with self._tx() as db:
+            for key, value in (("label_config", label_config), ("departments", json.dumps(list(departments), ensure_ascii=False))):
+                db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def departments(self) -> tuple[str, ...] | None:
+        raw = self.get_meta("departments")
+        return tuple(json.loads(raw)) if raw else None
+
     def label_seq(self) -> int:
         return int(self.get_meta("label_seq", "0"))
 

@@ -72,7 +72,7 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, first_i
     store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
     for i, (text, department) in enumerate(labels, start=first_id):
         store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=department))
-    store.set_meta("label_config", DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"))
+    store.set_label_space(DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)
     if store.serving_version("llm") is None:
         store.add_version("llm-base", "llm", status="serving", data={"base_model": base_model})
     env = {**os.environ, **settings.to_env(), **TrainingConfig(promote_tolerance=1.0).to_env()}

@@ -26,7 +26,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from backend.labeling import LabelSpace, parse_label_config
 from backend.settings import Settings
 from backend.store import Store, StoredLabel, now
 from training.config import TrainingConfig
@@ -57,11 +56,11 @@ def stratified_sample(labels: list[StoredLabel], k: int, seed: int) -> list[Stor
     return sample
 
 
-def choose_data(store: Store, space: LabelSpace, parent_seq: int, config: TrainingConfig):
-    train = [l for l in store.labels(split="train") if l.department in space.departments]
+def choose_data(store: Store, departments: tuple[str, ...], parent_seq: int, config: TrainingConfig):
+    train = [l for l in store.labels(split="train") if l.department in departments]
     new = [l for l in train if l.seq > parent_seq]
     replay = stratified_sample([l for l in train if l.seq <= parent_seq], round(config.replay_ratio * len(new)), config.seed)
-    held_out = [l for l in store.labels(split="eval") if l.department in space.departments]
+    held_out = [l for l in store.labels(split="eval") if l.department in departments]
     return new, replay, held_out
 
 
@@ -226,6 +225,7 @@ def gate(candidate: dict, serving: dict, tolerance: float) -> tuple[bool, str]:
 # -- the round --------------------------------------------------------------------------------------------------
 def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     """Returns the job's final status: promoted, rejected or succeeded (nothing new to learn)."""
+    from backend.labeling import parse_label_config
     from training.loading import load_model, resolve_device
 
     store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
@@ -233,11 +233,11 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     seq = store.label_seq()
     store.update_job(job_id, status="running", started_at=now(), pid=os.getpid(), label_seq=seq,
                      progress={"phase": "preparing"})
-    space = parse_label_config(store.get_meta("label_config") or Path(settings.labeling_config).read_text(encoding="utf-8"))
+    departments = store.departments() or parse_label_config(Path(settings.labeling_config).read_text(encoding="utf-8")).departments
     parent = store.serving_version(LLM)
 
     # 2. choose the data
-    new, replay, held_out = choose_data(store, space, (parent.data.get("label_seq", 0) if parent else 0), config)
+    new, replay, held_out = choose_data(store, departments, (parent.data.get("label_seq", 0) if parent else 0), config)
     log.info("job %d: %d new labels, %d replayed, %d held out for the gate; parent %s", job_id, len(new), len(replay),
              len(held_out), parent.name if parent else "base model")
     if not new:
@@ -252,7 +252,7 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     model = attach_lora(model, config, cuda, parent.path if parent and parent.path else None)
     from training.prompt import PromptTemplate
 
-    template = PromptTemplate(tokenizer, space.departments, settings.max_seq_length)
+    template = PromptTemplate(tokenizer, departments, settings.max_seq_length)
     examples = []
     for label in new + replay:
         encoded = template.training_example(label.text, label.department, label.rationale)
@@ -283,12 +283,12 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
         FastLanguageModel.for_inference(model)
     model.eval()
     engine = LlmEngine(model, tokenizer, settings.max_seq_length)
-    candidate = evaluate(engine, "default", name, space.departments, held_out, settings.predict_batch_size)
+    candidate = evaluate(engine, "default", name, departments, held_out, settings.predict_batch_size)
     if parent and parent.path:
         engine.load_adapter(parent.path, "serving")
-        serving = evaluate(engine, "serving", parent.name, space.departments, held_out, settings.predict_batch_size)
+        serving = evaluate(engine, "serving", parent.name, departments, held_out, settings.predict_batch_size)
     else:
-        serving = evaluate(engine, None, parent.name if parent else "base", space.departments, held_out, settings.predict_batch_size)
+        serving = evaluate(engine, None, parent.name if parent else "base", departments, held_out, settings.predict_batch_size)
     promote, reason = gate(candidate, serving, config.promote_tolerance)
     report = {**candidate, "serving_version": parent.name if parent else None, "serving_metrics": serving, "gate": reason}
     store.update_version(name, metrics=report, note=reason)
