@@ -12,9 +12,11 @@ for stage in $stages; do
   case $stage in
     scoring)
       python3 -m bench.llm_scoring --random-7b /tmp/r1-7b-random --tokenizer .bench-data/tokenizer \
-        --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/scoring.jsonl" --profile "$OUT/profile_b1.txt" 2>&1 | tee "$OUT/scoring.log" ;;
+        --tickets .bench-data/shanghai_tickets.jsonl --seed-tickets 12 --b32-tickets 256 \
+        --out "$OUT/scoring.jsonl" --profile "$OUT/profile_b1.txt" 2>&1 | tee "$OUT/scoring.log" ;;
     training)
       python3 -m bench.training_round --random-7b /tmp/r1-7b-random --tokenizer .bench-data/tokenizer \
-        --tickets .bench-data/shanghai_tickets.jsonl --out "$OUT/training.jsonl" 2>&1 | tee "$OUT/training.log" ;;
+        --tickets .bench-data/shanghai_tickets.jsonl --second-round "${SECOND_ROUND:-0}" \
+        --out "$OUT/training.jsonl" 2>&1 | tee "$OUT/training.log" ;;
   esac
 done

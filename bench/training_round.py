@@ -6,7 +6,7 @@
 This process plays the serving backend: it loads the 4-bit model and scores a batch, so its memory is in use.
 Then, each in its own process as in production:
   ours       `python -m training.round` on a label store of 1,000 gold labels (a fifth frozen for the gate):
-             answer-only loss, padding-free batches; timed from the job request to the promoted adapter
+             answer-only loss, length-grouped batches padded to their longest; timed from the job request to the promoted adapter
   original   the recipe's way on the same training labels: loss on the whole prompt, every sequence padded to 896
 Both use the recipe's hyper-parameters (LoRA r=64, micro-batch 2 x 8, 8-bit AdamW, one epoch). GPU memory is
 sampled with nvidia-smi while they run: serving and training together must fit a 24 GB card.
@@ -85,7 +85,7 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, first_i
     job = store.get_job(job.id)
     version = store.get_version(job.version) if job.version else None
     data = version.data if version else {}
-    return {"recipe": "ours: answer-only loss, padding-free", "round": name, "status": job.status, "error": job.error,
+    return {"recipe": "ours: answer-only loss, length-grouped batches", "round": name, "status": job.status, "error": job.error,
             "version": job.version, "parent": version.parent if version else None, "gate": version.note if version else None,
             "new_labels": data.get("new_labels"), "replay_labels": data.get("replay_labels"),
             "trigger_to_promoted_s": round(wall, 1), "train_seconds": data.get("train_seconds"),
@@ -126,7 +126,7 @@ def original_worker(model_path: str, labels_file: Path, result: Path) -> None:
         ids = template.training_example(text, department).input_ids
         examples.append({"input_ids": ids, "labels": list(ids)})
     stats = fine_tune(model, tokenizer, examples, config, True, result.parent / "original-trainer", PADDED_LENGTH,
-                      padding_free=False, pad_to_multiple_of=PADDED_LENGTH)
+                      pad_to_multiple_of=PADDED_LENGTH)
     stats["non_padding_tokens_per_s"] = stats.pop("tokens_per_second")
     stats["non_padding_tokens"] = stats.pop("tokens")
     stats["padded_tokens_per_s"] = round(len(examples) * PADDED_LENGTH * config.epochs / stats["train_seconds"], 1)

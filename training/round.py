@@ -7,7 +7,7 @@
                             the frozen evaluation split is never trained on
 3. load the model           4-bit unsloth on CUDA, float32 transformers + peft on CPU; a fresh LoRA, or the
                             serving adapter's weights to continue from
-4. train                    TRL's SFTTrainer, loss on the answer only, padding-free batches, progress to the store
+4. train                    TRL's SFTTrainer, loss on the answer only, length-grouped batches, progress to the store
 5. save                     the adapter into a temporary folder, renamed into versions/ only when complete
 6. gate                     candidate and serving version scored on the same frozen split; promoted unless its
                             macro-F1 falls by more than PROMOTE_TOLERANCE, else kept as rejected with its report
@@ -137,16 +137,20 @@ def sft_trainer_class(cuda: bool):
 
     class CpuSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False  # also what lets transformers isolate padding-free rows on CPU
+            inputs["use_cache"] = False
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     return CpuSFTTrainer
 
 
 def fine_tune(model, tokenizer, examples: list[dict], config: TrainingConfig, cuda: bool, output_dir: Path,
-              max_length: int, callbacks=(), padding_free: bool = True, pad_to_multiple_of: int | None = None) -> dict:
+              max_length: int, callbacks=(), pad_to_multiple_of: int | None = None) -> dict:
     """TRL SFT on pre-tokenized examples ({"input_ids", "labels"}): our tokens and our loss mask are used as
-    they are, so training sees exactly the sequences scoring reads."""
+    they are, so training sees exactly the sequences scoring reads.
+
+    Batches hold tickets of similar length, padded only to the longest of the batch: nearly no padding, and the
+    dense attention kernels. (TRL's padding-free flattening was measured 3x slower per token with unsloth on a GPU
+    without FlashAttention: BENCHMARKS.md.)"""
     import torch
     from datasets import Dataset
     from trl import SFTConfig
@@ -157,9 +161,9 @@ def fine_tune(model, tokenizer, examples: list[dict], config: TrainingConfig, cu
         gradient_accumulation_steps=config.grad_accumulation, learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
         optim=config.optimizer if cuda else "adamw_torch", bf16=bf16, fp16=cuda and not bf16,
-        num_train_epochs=config.epochs, seed=config.seed, data_seed=config.seed,
-        max_length=None if padding_free else max_length,  # our examples already fit; TRL refuses to cut padding-free rows
-        padding_free=padding_free, pad_to_multiple_of=pad_to_multiple_of, logging_steps=1, save_strategy="no",
+        num_train_epochs=config.epochs, seed=config.seed, data_seed=config.seed, max_length=max_length,
+        train_sampling_strategy="random" if pad_to_multiple_of else "group_by_length",
+        pad_to_multiple_of=pad_to_multiple_of, logging_steps=1, save_strategy="no",
         report_to="none", use_cpu=not cuda, dataloader_num_workers=0, disable_tqdm=False,
     )
     trainer = sft_trainer_class(cuda)(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
