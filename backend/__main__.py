@@ -6,6 +6,8 @@
     python -m backend versions        # the model registry under MODEL_DIR
     python -m backend rollback lora-3 # serve an earlier LLM version (the running service hot-swaps to it)
     python -m backend train --follow  # ask the running service for a fine-tuning round and show its progress
+    python -m backend preannotate --project 1 --follow   # suggestions for every unlabelled task of a project
+    python -m backend convergence --out report/          # are more labels still paying off?
 """
 from __future__ import annotations
 
@@ -51,6 +53,19 @@ def serve(settings: Settings) -> None:
     Server().run()
 
 
+# Commands with their own option parsers, in their own modules: `python -m backend NAME --help` shows them.
+SUBCOMMANDS = {
+    "convergence": "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)",
+}
+
+
+def _subcommand(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = {"convergence": "backend.convergence"}[name]
+    return importlib.import_module(module).main(argv)
+
+
 def print_versions(settings: Settings) -> int:
     from backend.store import Store
 
@@ -80,16 +95,21 @@ def roll_back(settings: Settings, name: str) -> int:
     return 0
 
 
-def train_and_follow(settings: Settings, url: str, follow: bool) -> int:
+def request_job(settings: Settings, url: str, path: str, body: dict, follow: bool) -> int:
+    """Ask the running service for a job (training, pre-annotation) and, with --follow, show its progress bar."""
     import requests
 
     auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
-    answer = requests.post(f"{url}/jobs", json={"reason": "python -m backend train"}, auth=auth, timeout=10)
+    try:
+        answer = requests.post(f"{url}{path}", json=body, auth=auth, timeout=10)
+    except requests.RequestException as exc:
+        print(f"error: the backend at {url} did not answer ({exc}); is it running? (--url)", file=sys.stderr)
+        return 2
     if answer.status_code >= 400:
         print(f"error: {answer.json().get('error', answer.text)}", file=sys.stderr)
         return 2
     job_id = answer.json()["job"]
-    print(f"training job {job_id} {'queued' if answer.json()['created'] else 'was already queued or running'}")
+    print(f"job {job_id} {'queued' if answer.json()['created'] else 'was already queued or running'}")
     if not follow:
         return 0
     from tqdm import tqdm
@@ -128,9 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     rollback = commands.add_parser("rollback", help="serve an earlier LLM version; the running service follows within seconds")
     rollback.add_argument("version", help="a version name from 'python -m backend versions', e.g. lora-2 or llm-base")
     train = commands.add_parser("train", help="ask the running service for a fine-tuning round")
-    train.add_argument("--url", default=None, help="the service (default: http://HOST:PORT)")
-    train.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
-    args = parser.parse_args(argv)
+    preannotate = commands.add_parser("preannotate", help="have the running service suggest a department for every "
+                                      "unlabelled task of a Label Studio project, then sort the project by uncertainty")
+    preannotate.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    for command in (train, preannotate):
+        command.add_argument("--url", default=None, help="the running backend (default: http://HOST:PORT)")
+        command.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
+    for name, help_text in SUBCOMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command in SUBCOMMANDS:
+        return _subcommand(args.command, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.command == "settings":
         from training.config import TrainingConfig
@@ -148,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         return roll_back(settings, args.version)
     if args.command == "train":
-        return train_and_follow(settings, args.url or f"http://{settings.host}:{settings.port}", args.follow)
+        return request_job(settings, args.url or f"http://{settings.host}:{settings.port}", "/jobs",
+                           {"reason": "python -m backend train"}, args.follow)
+    if args.command == "preannotate":
+        return request_job(settings, args.url or f"http://{settings.host}:{settings.port}", "/preannotate",
+                           {"project": args.project}, args.follow)
     if args.command == "demo":
         from backend.demo import run_demo
 

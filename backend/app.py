@@ -19,7 +19,8 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTES = {"/health", "/setup", "/predict", "/webhook", "/versions", "/metrics", "/status", "/jobs"}
+ROUTES = {"/health", "/setup", "/predict", "/webhook", "/versions", "/metrics", "/status", "/jobs", "/preannotate",
+          "/convergence"}
 
 
 def _json_body() -> dict:
@@ -137,6 +138,18 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
         body = _json_body() if request.content_length else {}
         reason = body.get("reason") if isinstance(body.get("reason"), str) else "requested through POST /jobs"
         return jsonify(service.request_training(reason[:200])), 202
+
+    @app.post("/preannotate")
+    def request_preannotation():
+        body = _json_body()
+        project = body.get("project")
+        if isinstance(project, bool) or not isinstance(project, int) or project <= 0:
+            raise ApiError(422, "'project' must be the integer id of a Label Studio project")
+        return jsonify(service.request_preannotation(project, "requested through POST /preannotate")), 202
+
+    @app.get("/convergence")
+    def convergence():
+        return jsonify(service.convergence())
 
     @app.get("/status")
     def status():

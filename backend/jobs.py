@@ -60,7 +60,9 @@ class JobRunner:
         return job, created
 
     def _recover(self) -> None:
-        for job in self.store.jobs(kind=TRAIN, status=["running"]):
+        for job in self.store.jobs(kind=TRAIN, status=["running", "succeeded"]):
+            if job.finished:
+                continue
             self.store.update_job(job.id, status="failed", finished_at=now(),
                                   error="interrupted: the backend stopped while this job ran")
             log.warning("training job %d was interrupted by a restart; marked failed", job.id)

@@ -6,7 +6,6 @@ Control names are never assumed; they are read from the config by role (see anno
 from __future__ import annotations
 
 import functools
-import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -23,7 +22,6 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class LabelSpace:
-    config_hash: str
     department_control: str
     to_name: str
     data_key: str
@@ -88,10 +86,6 @@ class LabelSpace:
         return result
 
 
-def config_hash(config: str) -> str:
-    return hashlib.sha256(config.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
 def parse_label_config(config: object) -> LabelSpace:
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError("label_config must be a non-empty XML string")
@@ -126,7 +120,6 @@ def _parse_cached(config: str) -> LabelSpace:
     suggestions = next((c.name for c in textareas if str(c.attr.get("readonly", "")).lower() == "true"), None)
     rationale = next((c.name for c in textareas if c.name != suggestions), None)
     return LabelSpace(
-        config_hash=config_hash(config),
         department_control=control.name,
         to_name=to_name,
         data_key=obj.value[1:],

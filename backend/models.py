@@ -8,6 +8,7 @@ the instant model serves.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 
 INSTANT = "instant"
 LLM = "llm"
+
+
+def departments_hash(departments: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(departments).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class ModelManager:
@@ -115,7 +120,7 @@ class ModelManager:
             self.last_fit_seconds = time.perf_counter() - started
             self.store.add_version(version, INSTANT, status="serving", parent=previous.version if previous else None,
                                    data={"label_seq": seq, "train_labels": len(train), "labels": len(labels),
-                                         "departments": len(space.departments), "config_hash": space.config_hash,
+                                         "departments": len(space.departments), "departments_hash": departments_hash(space.departments),
                                          "fit_seconds": round(self.last_fit_seconds, 3)},
                                    metrics=metrics)
             self.store.promote_version(version)
@@ -128,9 +133,11 @@ class ModelManager:
             return clf
 
     def instant_version_name(self, seq: int, space: LabelSpace) -> str:
-        """Same labels and config give the same name across restarts, so Label Studio does not re-predict."""
+        """Same labels and departments give the same name across restarts, so Label Studio does not re-predict.
+        (The department list, not the config's XML text: Label Studio may hand back the same config reformatted.)"""
+        wanted = departments_hash(space.departments)
         for version in reversed(self.store.versions(INSTANT)):
-            if version.data.get("label_seq") == seq and version.data.get("config_hash") == space.config_hash:
+            if version.data.get("label_seq") == seq and version.data.get("departments_hash") == wanted:
                 return version.name
         return f"{INSTANT}-{len(self.store.versions(INSTANT)) + 1}"
 

@@ -20,6 +20,7 @@ from backend.label_studio import LabelStudioClient, LabelStudioRejected, LabelSt
 from backend.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
 from backend.metrics import Metrics
 from backend.models import LLM, ModelManager
+from backend.preannotate import KIND as PREANNOTATE, preannotate
 from backend.settings import Settings
 from backend.store import Store, now
 
@@ -78,6 +79,8 @@ class Service:
             threading.Thread(target=self._load_llm_then_train, name="load-llm", daemon=True).start()
         if self.settings.reconcile_seconds > 0:
             self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
+        for job in self.store.jobs(kind=PREANNOTATE, status=["queued", "running"]):
+            self.background.submit(f"preannotate-{job.project_id}", lambda job_id=job.id: self._run_preannotation(job_id))
 
     def stop(self) -> None:
         self.background.stop()
@@ -284,10 +287,33 @@ class Service:
         return {"job": job.id, "status": job.status, "created": created}
 
     def _job_finished(self, job) -> None:
-        """A promotion is hot-swapped right away (the registry watcher would find it within seconds too)."""
+        """A promotion is hot-swapped right away (the registry watcher would find it within seconds too), then
+        every known project is pre-annotated again with the new version."""
         if job.status == "promoted":
             self._follow_registry(reschedule=False)
+            if self.ls_client() is not None:
+                for project in self.store.projects():
+                    self.request_preannotation(project["project_id"], f"{job.version} was promoted")
         self._maybe_queue_training()
+
+    # -- every waiting ticket carries a suggestion ----------------------------------------------------------
+    def request_preannotation(self, project_id: int, reason: str) -> dict:
+        if self.ls_client() is None:
+            raise ApiError(409, "pre-annotation pushes predictions into Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        job, created = self.store.request_job(PREANNOTATE, reason, project_id, per_project=True)
+        self.background.submit(f"preannotate-{project_id}", lambda: self._run_preannotation(job.id))
+        return {"job": job.id, "status": job.status, "created": created}
+
+    def _run_preannotation(self, job_id: int) -> None:
+        job = self.store.get_job(job_id)
+        if job is None or job.finished:
+            return
+        try:
+            result = preannotate(self, job)
+            log.info("project %d pre-annotated: %s", job.project_id, result)
+        except Exception as exc:
+            log.exception("pre-annotating project %s failed; run it again to resume", job.project_id)
+            self.store.update_job(job_id, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
 
     def _follow_registry(self, reschedule: bool = True) -> None:
         """Serve whatever the registry says serves: a promotion by a training job, or a rollback from the CLI."""
@@ -382,6 +408,11 @@ class Service:
             self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
 
     # -- what people ask ------------------------------------------------------------------------------------
+    def convergence(self) -> dict:
+        from backend.convergence import convergence_report
+
+        return convergence_report(self.store)
+
     def jobs_list(self) -> dict:
         return {"jobs": [j.to_dict() for j in self.store.jobs(limit=50)]}
 

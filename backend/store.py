@@ -106,8 +106,6 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-ACTIVE_JOB_STATES = ("queued", "running")
-
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -496,18 +494,21 @@ class Store:
         return [_version(r) for r in rows]
 
     # -- jobs -----------------------------------------------------------------------------------------------
-    def request_job(self, kind: str, reason: str, project_id: int | None = None) -> tuple[Job, bool]:
-        """Queue a job unless one of the same kind is queued or running: requests coalesce.
-        Returns (job, created)."""
+    def request_job(self, kind: str, reason: str, project_id: int | None = None, per_project: bool = False) -> tuple[Job, bool]:
+        """Queue a job unless an unfinished one of the same kind (and project, if `per_project`) exists: requests
+        coalesce. Returns (job, created)."""
         with self._tx() as db:
-            row = db.execute(
-                f"SELECT * FROM jobs WHERE kind = ? AND status IN {ACTIVE_JOB_STATES} ORDER BY id LIMIT 1", (kind,)
-            ).fetchone()
+            sql, params = "SELECT * FROM jobs WHERE kind = ? AND finished_at IS NULL", [kind]
+            if per_project:
+                sql += " AND project_id IS ?"
+                params.append(project_id)
+            row = db.execute(sql + " ORDER BY id LIMIT 1", params).fetchone()
             if row is not None:
                 return _job(row), False
+            seq = db.execute("SELECT value FROM meta WHERE key = 'label_seq'").fetchone()
             cur = db.execute(
                 "INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, 'queued', ?, ?, ?, ?)",
-                (kind, reason, project_id, int((db.execute("SELECT value FROM meta WHERE key='label_seq'").fetchone() or [0])[0]), now()))
+                (kind, reason, project_id, int(seq[0]) if seq else 0, now()))
             job_id = cur.lastrowid
         return self.get_job(job_id), True
 

@@ -271,7 +271,8 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     # 5. save
     name = next_version_name(store)
     metadata = {"job": job_id, "parent": parent.name if parent else None, "base_model": settings.base_model,
-                "label_seq": seq, "new_labels": len(new), "replay_labels": len(replay), **stats,
+                "label_seq": seq, "labels": store.label_stats()["labels"], "new_labels": len(new),
+                "replay_labels": len(replay), **stats,
                 "config": {k: v for k, v in config.to_env().items()}}
     path = save_adapter(model, settings.versions_dir, name, metadata)
     store.add_version(name, LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)

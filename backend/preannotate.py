@@ -1,0 +1,72 @@
+"""Pre-annotate a whole Label Studio project with the serving model, most uncertain tickets first in the queue.
+
+Label Studio Community has no "predict all tasks" (the SDK's ml.predict_all_tasks is Enterprise-only), and its
+"Retrieve Predictions" action sends every selected task in one /predict call under a 100 s timeout. So the backend
+predicts the project's unlabelled tasks itself, in chunks, and pushes the suggestions through the import-predictions
+API. The predictions table is the ledger: a chunk is recorded only after Label Studio accepted it, so an interrupted
+run resumes where it stopped, and a second run for the same model version pushes nothing twice. At the end the
+project's model_version points at the version (its score column and uncertainty sampling use it) and the project
+samples by uncertainty.
+"""
+from __future__ import annotations
+
+import logging
+
+from backend.labeling import parse_label_config
+from backend.store import Job, now
+
+log = logging.getLogger(__name__)
+
+KIND = "preannotate"
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+def preannotate(service, job: Job, chunk_size: int = 256) -> dict:
+    """Run a queued preannotate job for job.project_id; progress goes to the job row (and a log line per chunk)."""
+    store, client, project_id = service.store, service.ls_client(), job.project_id
+    if client is None:
+        raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
+    store.update_job(job.id, status="running", started_at=now(), progress={"phase": "listing tasks"})
+    project = client.project(project_id)
+    space = parse_label_config(project["label_config"])
+    service.models.adopt(space)
+    version = service.models.serving_version or service.models.serving().version
+    done = {p["task_id"] for p in store.predictions(model_version=version, project_id=project_id)}
+    tasks = [t for t in client.tasks(project_id) if not t["total_annotations"]]
+    todo = [t for t in tasks if t["id"] not in done]
+    progress = {"phase": "predicting", "model_version": version, "step": len(tasks) - len(todo), "total_steps": len(tasks)}
+    store.update_job(job.id, progress=progress)
+    skipped = 0
+    for start in range(0, len(todo), chunk_size):
+        chunk, texts = [], []
+        for task in todo[start: start + chunk_size]:
+            try:
+                text = space.ticket_text(task)
+            except ValueError:
+                skipped += 1
+                continue
+            if text.strip():
+                chunk.append(task)
+                texts.append(text)
+            else:
+                skipped += 1
+        if chunk:
+            used, predictions = service.models.predict(texts, space)
+            client.import_predictions(project_id, [
+                {"task": t["id"], "result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
+                 "model_version": used} for t, p in zip(chunk, predictions)])
+            store.save_predictions([
+                {"project_id": project_id, "task_id": t["id"], "model_version": used, "department": p.department,
+                 "score": p.score, "margin": p.margin, "entropy": p.entropy, "top": p.top, "truncated": int(p.truncated)}
+                for t, p in zip(chunk, predictions)])
+        progress["step"] = min(len(tasks), progress["step"] + len(todo[start: start + chunk_size]))
+        store.update_job(job.id, progress=progress)
+        log.info("pre-annotating project %d with %s: %d/%d tasks", project_id, version, progress["step"], len(tasks))
+    if tasks:
+        client.set_model_version(project_id, version)
+        store.set_project_model_version(project_id, version)
+    client.set_sampling(project_id, UNCERTAINTY_SAMPLING)
+    result = {"model_version": version, "unlabelled_tasks": len(tasks), "pushed": len(todo) - skipped,
+              "already_there": len(tasks) - len(todo), "skipped_without_text": skipped}
+    store.update_job(job.id, status="succeeded", finished_at=now(), progress={**progress, "phase": "done", **result})
+    return result
