@@ -55,15 +55,17 @@ def serve(settings: Settings) -> None:
 
 # Commands with their own option parsers, in their own modules: `python -m backend NAME --help` shows them.
 SUBCOMMANDS = {
-    "convergence": "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)",
+    "export": ("backend.export", "export the gold labels: recipe JSONL, Hugging Face dataset + Parquet, CSV, with a stratified split"),
+    "quality-report": ("backend.quality", "suspected label errors, confusable departments and annotator agreement (HTML + JSON)"),
+    "convergence": ("backend.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
+    "simulate": ("backend.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
 }
 
 
 def _subcommand(name: str, argv: list[str]) -> int:
     import importlib
 
-    module = {"convergence": "backend.convergence"}[name]
-    return importlib.import_module(module).main(argv)
+    return importlib.import_module(SUBCOMMANDS[name][0]).main(argv)
 
 
 def print_versions(settings: Settings) -> int:
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (train, preannotate):
         command.add_argument("--url", default=None, help="the running backend (default: http://HOST:PORT)")
         command.add_argument("--follow", action="store_true", help="show a progress bar until the job ends")
-    for name, help_text in SUBCOMMANDS.items():
+    for name, (_, help_text) in SUBCOMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command in SUBCOMMANDS:
