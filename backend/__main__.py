@@ -68,6 +68,18 @@ def _subcommand(name: str, argv: list[str]) -> int:
     return importlib.import_module(SUBCOMMANDS[name][0]).main(argv)
 
 
+def model_dir_problem(settings: Settings) -> str | None:
+    """Fail at start, with a reason, rather than at the first label: the store and the versions live there."""
+    try:
+        settings.model_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.model_dir / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return f"MODEL_DIR={settings.model_dir} is not writable ({exc.strerror or exc}); point MODEL_DIR at a writable folder"
+    return None
+
+
 def print_versions(settings: Settings) -> int:
     from backend.store import Store
 
@@ -81,8 +93,11 @@ def print_versions(settings: Settings) -> int:
 
 
 def roll_back(settings: Settings, name: str) -> int:
-    from backend.store import Store
+    from backend.store import VERSION_NAME, Store
 
+    if not VERSION_NAME.fullmatch(name):
+        print(f"error: {name!r} is not a version name (letters, digits, '.', '_', '-')", file=sys.stderr)
+        return 2
     store = Store(settings.store_path)
     version = store.get_version(name)
     if version is None or version.kind != "llm":
@@ -175,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command in (None, "serve"):
+        problem = model_dir_problem(settings)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     if args.command == "versions":
         return print_versions(settings)
     if args.command == "rollback":

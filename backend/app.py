@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 import time
 
 from flask import Flask, Response, g, jsonify, request
@@ -99,6 +100,13 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
         if exc.code != 404:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.code, message)
         return jsonify({"error": message, "status": exc.code}), exc.code
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def store_unwritable(exc: sqlite3.OperationalError):
+        log.error("%s %s: the label store could not be written: %s", request.method, request.path, exc)
+        return jsonify({"error": f"the label store under MODEL_DIR could not be written ({exc}); nothing was stored. "
+                                 "Free disk space or fix permissions; lost annotations come back with the next "
+                                 "reconcile (RECONCILE_SECONDS) or Start Training", "status": 503}), 503
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

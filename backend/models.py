@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
 from annotation_config.catalog import Catalog
@@ -176,10 +177,19 @@ class ModelManager:
         from training.llm_scorer import LlmScorer
 
         if version.path and version.name not in self._engine.adapters():
-            self._engine.load_adapter(version.path, version.name)
+            self._engine.load_adapter(self._adapter_path(version), version.name)
         scorer = LlmScorer(self._engine, version.name, (space or self._space).departments,
                            batch_size=self.settings.predict_batch_size, adapter=version.name if version.path else None)
         return BatchingClassifier(scorer, self.settings.predict_batch_size)
+
+    def _adapter_path(self, version: Version) -> str:
+        """Adapters load only from MODEL_DIR/versions or the configured ADAPTER: a registry entry pointing elsewhere
+        (an edited database, a path with '..') is refused rather than followed."""
+        path = Path(version.path).resolve()
+        allowed = [self.settings.versions_dir.resolve()] + ([Path(self.settings.adapter).resolve()] if self.settings.adapter else [])
+        if not any(path == root or root in path.parents for root in allowed):
+            raise ValueError(f"version {version.name} points at {version.path}, outside {self.settings.versions_dir}; refusing to load it")
+        return str(path)
 
     def activate_llm(self, version: Version) -> None:
         """Serve `version` (hot swap: requests in flight finish on the old one), score it on the frozen split."""

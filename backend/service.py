@@ -350,10 +350,11 @@ class Service:
     def ls_client(self) -> LabelStudioClient | None:
         with self._lock:
             if self._ls_client is None:
+                limits = {"timeout": self.settings.label_studio_timeout, "attempts": self.settings.label_studio_attempts}
                 if self.settings.label_studio_url and self.settings.label_studio_api_key:
-                    self._ls_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
+                    self._ls_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key, **limits)
                 elif self._ls_from_setup:
-                    self._ls_client = LabelStudioClient(*self._ls_from_setup)
+                    self._ls_client = LabelStudioClient(*self._ls_from_setup, **limits)
             return self._ls_client
 
     def reconcile(self, project_id: int) -> dict:

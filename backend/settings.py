@@ -74,6 +74,8 @@ class Settings(EnvConfig):
     # Label Studio connection
     label_studio_url: str = setting("LABEL_STUDIO_URL", "", "Label Studio base URL, e.g. http://127.0.0.1:8080; needed to pull annotations on START_TRAINING, reconcile, set the project's model_version and push predictions")
     label_studio_api_key: str = setting("LABEL_STUDIO_API_KEY", "", "Label Studio API key (legacy token or personal access token) used by the backend; never logged or stored")
+    label_studio_timeout: float = setting("LABEL_STUDIO_TIMEOUT", 30.0, "seconds before a call to Label Studio counts as failed")
+    label_studio_attempts: int = setting("LABEL_STUDIO_ATTEMPTS", 4, "tries per call to Label Studio, with exponential back-off (0.5 s, 1 s, 2 s...) between them")
     # Service
     host: str = setting("HOST", "127.0.0.1", "interface to listen on; 127.0.0.1 keeps the backend private, 0.0.0.0 exposes it (then set BASIC_AUTH_*)")
     port: int = setting("PORT", 9090, "HTTP port")
@@ -111,7 +113,8 @@ class Settings(EnvConfig):
             raise SettingsError(f"EVAL_FRACTION must be in (0, 0.9), got {self.eval_fraction}")
         if self.training_device not in {"auto", "cuda", "cpu"}:
             raise SettingsError(f"TRAINING_DEVICE must be auto, cuda or cpu, got {self.training_device!r}")
-        for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length"):
+        for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length",
+                     "label_studio_timeout", "label_studio_attempts"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be positive")
 

@@ -112,6 +112,7 @@ def now() -> str:
 
 
 _SPACE = re.compile(r"\s+")
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def text_key(text: str) -> str:
@@ -453,6 +454,8 @@ class Store:
     # -- model versions -------------------------------------------------------------------------------------
     def add_version(self, name: str, kind: str, status: str, parent: str | None = None, path: str | None = None,
                     data: dict | None = None, metrics: dict | None = None, note: str | None = None) -> Version:
+        if not VERSION_NAME.fullmatch(name):
+            raise ValueError(f"invalid version name {name!r}: letters, digits, '.', '_' and '-' only, at most 64")
         with self._tx() as db:
             db.execute(
                 "INSERT INTO versions(name, kind, parent, status, path, data, metrics, created_at, note) VALUES (?,?,?,?,?,?,?,?,?)"

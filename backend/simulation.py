@@ -1,0 +1,429 @@
+"""Replays an already labelled ticket set as if annotators had labelled it in the order a query strategy picks.
+
+    python -m backend simulate --train train.jsonl --eval eval.jsonl --out out/simulation
+
+Every strategy starts from the same seeded random batch of labels. Then, until the budget is spent: the model is
+fitted on the labels so far, scored on the separate evaluation file, asked for its distribution over the
+remaining pool, and the strategy picks the next step of tickets, whose true labels are added. The learning curves
+show how many labels each strategy needs for an accuracy; the summary says how many fewer than random order.
+
+The instant model is fitted exactly as the service fits it (a label store that freezes its own selection split,
+``ModelManager.refit_instant``), with only the department names as catalog seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from annotation_config.catalog import Catalog, Department
+from annotation_config.labeling_config import render_labeling_config
+from backend.classifier import Classifier
+from backend.evaluation import classification_report
+from backend.jobs import TRAIN
+from backend.labeling import parse_label_config
+from backend.models import ModelManager
+from backend.settings import Settings, SettingsError
+from backend.store import Label, Store
+from backend.strategies import STRATEGIES, strategy
+
+DEFAULT_STRATEGIES = ("random", "least-confidence", "margin", "entropy", "balanced-margin")
+REFERENCE = "random"
+CSV_COLUMNS = ("strategy", "seed", "labels", "accuracy", "macro_f1", "seconds")
+
+
+class SimulationInputError(ValueError):
+    """An input file or option the simulation cannot use; the message says which and why."""
+
+
+# -- input ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tickets:
+    texts: list[str]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def only(self, departments: set[str]) -> "Tickets":
+        keep = [i for i, label in enumerate(self.labels) if label in departments]
+        return Tickets([self.texts[i] for i in keep], [self.labels[i] for i in keep])
+
+
+def read_tickets(path: Path) -> Tickets:
+    """A JSONL file of {"text": ..., "label": ...} rows (other fields are ignored)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SimulationInputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    texts, labels = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SimulationInputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
+            raise SimulationInputError(f"{path}, line {number}: every row needs the string fields 'text' and 'label'")
+        texts.append(row["text"])
+        labels.append(row["label"])
+    return Tickets(texts, labels)
+
+
+def keep_frequent_departments(train: Tickets, evaluation: Tickets, min_per_label: int) -> tuple[Tickets, Tickets]:
+    """Both files restricted to the departments with at least `min_per_label` tickets in the training file."""
+    counts = Counter(train.labels)
+    kept = {department for department, n in counts.items() if n >= min_per_label}
+    return train.only(kept), evaluation.only(kept)
+
+
+# -- models -----------------------------------------------------------------------------------------------------
+class Learner(Protocol):
+    def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
+        """Add these gold labels to those learnt so far and return the model refitted on all of them."""
+
+    def close(self) -> None: ...
+
+
+class _ThrowawayProject:
+    """What the service keeps for a project, in a temporary MODEL_DIR: the label store (with its frozen
+    selection split), a labeling config listing `departments`, and a catalog that knows only their names."""
+
+    def __init__(self, departments: Sequence[str], settings: Settings):
+        self._workdir = tempfile.TemporaryDirectory(prefix="simulation-")
+        self.settings = settings.replace(model_dir=Path(self._workdir.name))
+        catalog = Catalog(title="simulation", departments=tuple(Department(name=d) for d in departments))
+        config = render_labeling_config(catalog)
+        space = parse_label_config(config)
+        self.store = Store(self.settings.store_path, eval_fraction=self.settings.eval_fraction)
+        self.store.set_label_space(config, space.departments)
+        self.manager = ModelManager(self.store, catalog, space, self.settings)
+        self._annotations = 0
+
+    def annotate(self, texts: Sequence[str], labels: Sequence[str]) -> None:
+        for text, label in zip(texts, labels):
+            self._annotations += 1
+            self.store.upsert_label(Label(annotation_id=self._annotations, project_id=1, task_id=self._annotations,
+                                          text=text, department=label, source="simulation"))
+
+    def close(self) -> None:
+        self.store.close()
+        self._workdir.cleanup()
+
+
+class InstantModel:
+    """The product's instant model, refitted on every new batch of labels as the service refits it."""
+
+    def __init__(self, departments: Sequence[str]):
+        self._project = _ThrowawayProject(departments, Settings())
+
+    def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
+        self._project.annotate(texts, labels)
+        return self._project.manager.refit_instant()
+
+    def close(self) -> None:
+        self._project.close()
+
+
+# ---- GPU only: nothing below this line runs on a CPU machine (main refuses --model llm without CUDA) ---------
+def llm_prerequisites_missing() -> list[str]:
+    """Why `--model llm` cannot run here; empty when it can."""
+    missing = []
+    if not Settings.from_env().base_model:
+        missing.append("BASE_MODEL is not set (the local folder of the LLM to fine-tune)")
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        missing.append("torch sees no CUDA device: a fine-tuning round per checkpoint is only practical on a GPU "
+                       "(use --model instant on a CPU)")
+    return missing
+
+
+# ---- GPU only: main refuses --model llm unless llm_prerequisites_missing() is empty ----------------------------
+class LlmModel:
+    """The LLM as the service fine-tunes it: every batch of labels is one training round, run like the service's
+    job runner runs it (``python -m training.round --job N`` in its own process, settings in the environment):
+    new labels plus replay, gated on the store's frozen split, continuing from the adapter last promoted. This
+    process loads BASE_MODEL once per replay and hot-swaps to each promoted adapter to score."""
+
+    def __init__(self, departments: Sequence[str]):
+        self._project = _ThrowawayProject(departments, Settings.from_env())
+        self._project.manager.load_llm()
+        state = self._project.manager.llm_state
+        if state["state"] != "ready":
+            raise RuntimeError(f"BASE_MODEL could not be loaded: {state.get('error')}")
+
+    def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
+        project = self._project
+        project.annotate(texts, labels)
+        job, _ = project.store.request_job(TRAIN, "active-learning simulation")
+        subprocess.run([sys.executable, "-m", "training.round", "--job", str(job.id)], check=False,
+                       env={**os.environ, **project.settings.to_env()}, cwd=Path(__file__).resolve().parent.parent)
+        job = project.store.get_job(job.id)
+        if job.status == "failed" or job.finished_at is None:
+            raise RuntimeError(f"training round {job.id} failed: {job.error or 'the worker exited without finishing it'}")
+        project.manager.activate_llm(project.store.serving_version("llm"))
+        return project.manager.serving()
+
+    def close(self) -> None:
+        self._project.close()
+# ---- end of the GPU-only part ----------------------------------------------------------------------------------
+
+
+MODELS: dict[str, Callable[[Sequence[str]], Learner]] = {"instant": InstantModel, "llm": LlmModel}
+
+
+# -- the replay -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    initial: int
+    step: int
+    budget: int
+
+    def checkpoints(self) -> list[int]:
+        """Label counts at which the model is refitted and scored: after the initial batch, every step, the budget."""
+        return [*range(self.initial, self.budget, self.step), self.budget]
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    strategy: str
+    seed: int
+    labels: int
+    accuracy: float
+    macro_f1: float
+    seconds: float  # refitting the model on `labels` gold labels
+
+
+def initial_batch(pool_size: int, size: int, seed: int) -> np.ndarray:
+    # Its own stream of the seed: the batch is the same whichever strategy follows it.
+    return np.random.default_rng([seed, 0]).choice(pool_size, size=size, replace=False)
+
+
+def score(clf: Classifier, evaluation: Tickets) -> tuple[float, float]:
+    """Accuracy and macro-F1 (over the departments of the evaluation file), as the service reports them."""
+    probs = clf.predict_proba(evaluation.texts).probs
+    report = classification_report(evaluation.labels, [clf.departments[i] for i in probs.argmax(axis=1)])
+    return report["accuracy"], report["macro_f1"]
+
+
+def replay(strategy_name: str, seed: int, pool: Tickets, evaluation: Tickets, model: Learner, schedule: Schedule,
+           on_refit: Callable[[], object] = lambda: None) -> list[CurvePoint]:
+    """One learning curve: `strategy_name` choosing from `pool` after the seed's initial batch."""
+    chooser = strategy(strategy_name)
+    rng = np.random.default_rng([seed, 1])
+    new = initial_batch(len(pool), schedule.initial, seed)
+    unlabelled = np.setdiff1d(np.arange(len(pool)), new)
+    points: list[CurvePoint] = []
+    for count in schedule.checkpoints():
+        if points:
+            probs = clf.predict_proba([pool.texts[i] for i in unlabelled]).probs
+            new = unlabelled[chooser.rank(probs, rng)[: count - points[-1].labels]]
+            unlabelled = np.setdiff1d(unlabelled, new)
+        started = time.perf_counter()
+        clf = model.learn([pool.texts[i] for i in new], [pool.labels[i] for i in new])
+        seconds = time.perf_counter() - started
+        accuracy, macro_f1 = score(clf, evaluation)
+        points.append(CurvePoint(strategy_name, seed, count, accuracy, macro_f1, round(seconds, 3)))
+        on_refit()
+    return points
+
+
+def simulate(pool: Tickets, evaluation: Tickets, departments: Sequence[str], strategies: Sequence[str],
+             seeds: Sequence[int], schedule: Schedule, model: str = "instant") -> list[CurvePoint]:
+    from tqdm import tqdm
+
+    points: list[CurvePoint] = []
+    total = len(seeds) * len(strategies) * len(schedule.checkpoints())
+    with tqdm(total=total, unit="refit", desc="simulating") as progress:
+        for seed in seeds:
+            for name in strategies:
+                progress.set_postfix_str(f"{name}, seed {seed}")
+                with closing(MODELS[model](departments)) as learner:
+                    points += replay(name, seed, pool, evaluation, learner, schedule, progress.update)
+    return points
+
+
+# -- results ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeanCurve:
+    labels: list[int]
+    accuracy: list[float]
+    macro_f1: list[float]
+
+
+def mean_curves(points: Sequence[CurvePoint]) -> dict[str, MeanCurve]:
+    """Each strategy's curve averaged over seeds, in the order the strategies were run."""
+    by_count: dict[str, dict[int, list[CurvePoint]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        by_count[p.strategy][p.labels].append(p)
+    curves = {}
+    for name, counts in by_count.items():
+        labels = sorted(counts)
+        curves[name] = MeanCurve(labels, [float(np.mean([p.accuracy for p in counts[n]])) for n in labels],
+                                 [float(np.mean([p.macro_f1 for p in counts[n]])) for n in labels])
+    return curves
+
+
+def labels_to_reach(curve: MeanCurve, accuracy: float) -> int | None:
+    return next((n for n, a in zip(curve.labels, curve.accuracy) if a >= accuracy), None)
+
+
+def compare_to_random(curves: dict[str, MeanCurve]) -> dict[str, dict]:
+    """Final scores per strategy, and how many labels it needs to reach random order's final accuracy.
+
+    The saving is measured against the labels random order itself first reaches that accuracy with (its mean
+    curve can touch its final value before the end)."""
+    reference = curves.get(REFERENCE)
+    target = reference.accuracy[-1] if reference else None
+    reference_labels = labels_to_reach(reference, target) if reference else None
+    out = {}
+    for name, curve in curves.items():
+        needed = labels_to_reach(curve, target) if reference else None
+        out[name] = {
+            "final_labels": curve.labels[-1],
+            "final_accuracy": round(curve.accuracy[-1], 4),
+            "final_macro_f1": round(curve.macro_f1[-1], 4),
+            "labels_to_reach_random_final_accuracy": needed,
+            "label_saving_percent": round(100 * (1 - needed / reference_labels), 1) if needed is not None else None,
+        }
+    return out
+
+
+def write_curve_csv(points: Sequence[CurvePoint], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in points)
+
+
+def plot_learning_curves(curves: dict[str, MeanCurve], path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 5.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, metric, name in zip(axes, ("accuracy", "macro_f1"), ("accuracy", "macro-F1")):
+        for strategy_name, curve in curves.items():
+            baseline = strategy_name == REFERENCE  # drawn apart so every other line reads against it
+            ax.plot(curve.labels, getattr(curve, metric), label=strategy_name, marker="." if not baseline else None,
+                    color="black" if baseline else None, linestyle="--" if baseline else "-", linewidth=1.6)
+        ax.set_title(f"{name} on the evaluation file")
+        ax.set_xlabel("gold labels (initial batch + tickets picked by the strategy)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    if REFERENCE in curves:
+        axes[0].axhline(curves[REFERENCE].accuracy[-1], color="grey", linestyle=":", linewidth=1,
+                        label="random order's final accuracy")
+    axes[0].legend(loc="lower right", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def print_table(comparison: dict[str, dict]) -> None:
+    print("\n| strategy | labels | accuracy | macro-F1 | labels to reach random's final accuracy | saving |\n|---|---|---|---|---|---|")
+    for name, row in comparison.items():
+        needed = row["labels_to_reach_random_final_accuracy"]
+        saving = row["label_saving_percent"]
+        print(f"| {name} | {row['final_labels']} | {row['final_accuracy']:.4f} | {row['final_macro_f1']:.4f} | "
+              f"{needed if needed is not None else 'never'} | {f'{saving:.1f} %' if saving is not None else '-'} |")
+
+
+# -- command line -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backend simulate", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="writes into --out: learning_curve.csv (one row per strategy, seed and refit; seconds = refit time),\n"
+               "learning_curve.png (accuracy and macro-F1 against labels, mean over seeds) and summary.json\n"
+               "(final scores, labels needed to reach random order's final accuracy, saving in percent).")
+    parser.add_argument("--train", type=Path, required=True, metavar="PATH", help="labelled JSONL (text, label): the pool annotators label from")
+    parser.add_argument("--eval", type=Path, required=True, metavar="PATH", help="labelled JSONL (text, label) every refit is scored on; never labelled")
+    parser.add_argument("--model", choices=sorted(MODELS), default="instant",
+                        help="instant: the CPU instant model as the service fits it; llm: a fine-tuning round per "
+                             "checkpoint, needs CUDA and BASE_MODEL (default: %(default)s)")
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(DEFAULT_STRATEGIES),
+                        metavar="NAME", help=f"query strategies to compare, from: {', '.join(STRATEGIES)} "
+                                             f"(default: {' '.join(DEFAULT_STRATEGIES)})")
+    parser.add_argument("--initial", type=int, default=20, metavar="N", help="random labels every strategy starts from (default: %(default)s)")
+    parser.add_argument("--step", type=int, default=50, metavar="N", help="tickets the strategy picks between refits (default: %(default)s)")
+    parser.add_argument("--budget", type=int, metavar="N", help="stop at this many labels (default: the whole pool)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                        help="seeds for the initial batch and random order; one curve each, averaged in the plot (default: 0)")
+    parser.add_argument("--min-per-label", type=int, default=1, metavar="N",
+                        help="keep departments with at least this many tickets in --train, in both files (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("out/simulation"), metavar="DIR", help="output folder (default: %(default)s)")
+    return parser
+
+
+def _checked_schedule(args: argparse.Namespace, pool_size: int) -> Schedule:
+    budget = pool_size if args.budget is None else args.budget
+    if args.initial < 1 or args.step < 1:
+        raise SimulationInputError("--initial and --step must be at least 1")
+    if not args.initial <= budget <= pool_size:
+        raise SimulationInputError(f"need --initial ({args.initial}) <= --budget ({budget}) <= the {pool_size} tickets of the pool")
+    return Schedule(args.initial, args.step, budget)
+
+
+def run(args: argparse.Namespace) -> int:
+    train, evaluation = keep_frequent_departments(read_tickets(args.train), read_tickets(args.eval), args.min_per_label)
+    if not len(train):
+        raise SimulationInputError(f"no department has at least --min-per-label {args.min_per_label} tickets in {args.train}")
+    if not len(evaluation):
+        raise SimulationInputError(f"no ticket of {args.eval} belongs to a department kept from {args.train} "
+                                   f"(--min-per-label {args.min_per_label})")
+    schedule = _checked_schedule(args, len(train))
+    if args.model == "llm" and (missing := llm_prerequisites_missing()):
+        raise SimulationInputError("--model llm cannot run here: " + "; ".join(missing))
+    departments = sorted(set(train.labels) | set(evaluation.labels))
+    print(f"{len(train)} tickets in the pool, {len(evaluation)} to evaluate on, {len(departments)} departments; "
+          f"labels {', '.join(map(str, schedule.checkpoints()))}", file=sys.stderr)
+
+    points = simulate(train, evaluation, departments, args.strategies, args.seeds, schedule, args.model)
+    curves = mean_curves(points)
+    comparison = compare_to_random(curves)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_curve_csv(points, args.out / "learning_curve.csv")
+    plot_learning_curves(curves, args.out / "learning_curve.png",
+                         f"Labelling order by query strategy: {args.model} model, {len(departments)} departments, pool of "
+                         f"{len(train)} tickets, {len(evaluation)} evaluation tickets, mean over {len(args.seeds)} seed(s)")
+    summary = {"train": str(args.train), "eval": str(args.eval), "model": args.model, "min_per_label": args.min_per_label,
+               "departments": len(departments), "pool": len(train), "eval_tickets": len(evaluation),
+               **asdict(schedule), "seeds": args.seeds, "reference": REFERENCE if REFERENCE in curves else None,
+               "random_final_accuracy": comparison.get(REFERENCE, {}).get("final_accuracy"), "strategies": comparison}
+    (args.out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    print_table(comparison)
+    print(f"\nwritten to {args.out}/: learning_curve.csv, learning_curve.png, summary.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (SimulationInputError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
