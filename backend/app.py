@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from backend.errors import ApiError
-from backend.service import Service
+from backend.service import Service, is_id
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
     def request_preannotation():
         body = _json_body()
         project = body.get("project")
-        if isinstance(project, bool) or not isinstance(project, int) or project <= 0:
+        if not is_id(project):
             raise ApiError(422, "'project' must be the integer id of a Label Studio project")
         return jsonify(service.request_preannotation(project, "requested through POST /preannotate")), 202
 

@@ -36,14 +36,14 @@ def project_id_of(value: object) -> int | None:
     with ``id`` in webhooks."""
     if isinstance(value, dict):
         value = value.get("id")
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
     if isinstance(value, str) and value.split(".", 1)[0].isdigit():
-        number = int(value.split(".", 1)[0])
-        return number if 0 < number < 2**63 else None
-    return None
+        value = int(value.split(".", 1)[0])
+    return value if is_id(value) else None
+
+
+def is_id(value: object) -> bool:
+    """A Label Studio id: a positive integer that fits SQLite's INTEGER."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def _space_or_422(config: object) -> LabelSpace:
@@ -166,7 +166,7 @@ class Service:
             results.append({"result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
                             "model_version": version})
             task_id = task.get("id")
-            if project_id is not None and isinstance(task_id, int) and not isinstance(task_id, bool):
+            if project_id is not None and is_id(task_id):
                 rows.append({"project_id": project_id, "task_id": task_id, "model_version": version,
                              "department": p.department, "score": p.score, "margin": p.margin, "entropy": p.entropy,
                              "top": p.top, "truncated": int(p.truncated)})
@@ -257,7 +257,7 @@ class Service:
         ids = []
         for item in items:
             value = item.get("id") if isinstance(item, dict) else None
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not is_id(value):
                 raise ApiError(422, "every deleted annotation needs a positive integer 'id'")
             ids.append(value)
         removed = self.store.delete_labels(ids, project_id)

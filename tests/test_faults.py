@@ -226,3 +226,37 @@ def test_the_service_killed_during_training_takes_the_worker_with_it_and_restart
     answer = requests.post(f"{backend.url}/predict", json={"tasks": [{"id": 1, "data": {"text": "停电了"}}],
                                                            "label_config": FOUR_DEPARTMENTS}, timeout=30).json()
     assert answer["results"][0]["model_version"] == "llm-base"
+
+
+# -- security -------------------------------------------------------------------------------------------------------
+def test_secrets_from_label_studio_are_neither_stored_nor_logged(client, service, settings, caplog):
+    with caplog.at_level(logging.DEBUG):
+        post(client, "/setup", {"project": "1.1", "schema": LABEL_CONFIG, "hostname": "http://127.0.0.1:1",
+                                "access_token": "legacy-access-token-secret"})
+        post(client, "/webhook", annotation_event("ANNOTATION_CREATED", 81, 81, SAMPLES[1]["text"], SAMPLES[1]["department"]))
+        post(client, "/webhook", annotation_event("ANNOTATION_CREATED", 82, 82, "", SAMPLES[1]["department"]))  # a refused one
+        post(client, "/webhook", {"action": "START_TRAINING", "project": {"id": 1, "token": "secret-project-token"}})
+        service.background.wait_idle(60)
+    stored = b"".join(p.read_bytes() for p in settings.model_dir.rglob("*") if p.is_file())
+    for secret in ("secret-project-token", "secret-password", "legacy-access-token-secret"):
+        assert secret not in caplog.text
+        assert secret.encode() not in stored
+
+
+def test_version_names_and_adapter_paths_cannot_leave_model_dir(settings, tmp_path):
+    from backend.models import ModelManager
+    from backend.store import Store
+
+    store = Store(settings.store_path)
+    for name in ("../../etc", "lora/../../x", "", "a" * 65, "lora 1"):
+        with pytest.raises(ValueError, match="invalid version name"):
+            store.add_version(name, "llm", status="candidate")
+    outside = store.add_version("lora-9", "llm", status="candidate", path=str(settings.versions_dir / ".." / ".." / "elsewhere"))
+    manager = ModelManager(store, None, None, settings)
+    with pytest.raises(ValueError, match="outside"):
+        manager._adapter_path(outside)
+    inside = store.add_version("lora-8", "llm", status="candidate", path=str(settings.versions_dir / "lora-8"))
+    assert manager._adapter_path(inside) == str((settings.versions_dir / "lora-8").resolve())
+    done = subprocess.run([sys.executable, "-m", "backend", "rollback", "../../etc/passwd"], cwd=repo_root(), timeout=60,
+                          env={**os.environ, "MODEL_DIR": str(settings.model_dir)}, capture_output=True, text=True)
+    assert done.returncode == 2 and "is not a version name" in done.stderr
