@@ -199,6 +199,8 @@ class ModelManager:
                 self.store.update_version(version.name, metrics=self._evaluate(clf, self._space))
             previous, self._llm = self._llm, clf
             self.swap(clf)
+            if self.llm_state.get("state") == "ready":
+                self.llm_state = {**self.llm_state, "version": clf.version}
             if previous is not None and previous.version != clf.version:
                 self._engine.drop_adapter(previous.version)
 

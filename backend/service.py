@@ -321,7 +321,6 @@ class Service:
             wanted = self.store.serving_version(LLM)
             if wanted is not None and self.models.llm_state.get("state") == "ready" and self.models.llm_version != wanted.name:
                 self.models.activate_llm(wanted)
-                self.models.llm_state = {**self.models.llm_state, "version": wanted.name}
         except Exception:
             log.exception("could not switch to the registry's serving version")
         finally:

@@ -1,0 +1,147 @@
+"""The simulation replays a labelled set in each strategy's order and reports learning curves a person can read."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import defaultdict
+
+import pytest
+
+from backend.simulation import CurvePoint, compare_to_random, main, mean_curves
+
+KEYWORDS = {
+    "上海市水务局": ["自来水", "停水", "水压低", "水管漏水"],
+    "上海市交通委员会": ["公交车", "地铁站", "出租车", "公交线路"],
+    "上海市房屋管理局": ["物业费", "电梯故障", "维修基金", "业委会"],
+    "上海市教育委员会": ["小学入学", "学区划分", "课外培训", "幼儿园"],
+}
+PLACES = ["浦东新区", "徐汇区", "静安区", "杨浦区", "闵行区", "宝山区"]
+FILLERS = ["来电人反映", "市民来信称", "居民咨询", "网友留言"]
+ENDINGS = ["，希望尽快处理。", "，请相关部门核实。", "，已多次反映未解决。", "，望答复。"]
+INITIAL, STEP, BUDGET = 20, 30, 90
+CHECKPOINTS = [20, 50, 80, 90]  # every step, then the budget even when it is not a whole step away
+STRATEGIES = ["random", "margin", "balanced-margin"]
+
+
+def tickets(n_per_department: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"text": f"{rng.choice(FILLERS)}{rng.choice(PLACES)}{rng.choice(words)}的问题{rng.choice(ENDINGS)}",
+             "label": department}
+            for department, words in KEYWORDS.items() for _ in range(n_per_department)]
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One simulation over two seeds, shared by the tests that read its outputs."""
+    folder = tmp_path_factory.mktemp("simulation")
+    write_jsonl(folder / "train.jsonl", tickets(40, seed=1))
+    write_jsonl(folder / "eval.jsonl", tickets(20, seed=2))
+    out = folder / "out"
+    code = main(["--train", str(folder / "train.jsonl"), "--eval", str(folder / "eval.jsonl"), "--out", str(out),
+                 "--initial", str(INITIAL), "--step", str(STEP), "--budget", str(BUDGET), "--seeds", "0", "1",
+                 "--strategies", *STRATEGIES])
+    with (out / "learning_curve.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return code, out, rows
+
+
+def test_the_run_writes_the_curve_the_plot_and_the_summary(run):
+    code, out, rows = run
+    assert code == 0
+    assert list(rows[0]) == ["strategy", "seed", "labels", "accuracy", "macro_f1", "seconds"]
+    assert len(rows) == len(STRATEGIES) * 2 * len(CHECKPOINTS)  # every seed's rows are kept
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_curve_starts_after_the_initial_batch_and_ends_at_the_budget(run):
+    _, _, rows = run
+    curves = defaultdict(list)
+    for row in rows:
+        curves[row["strategy"], row["seed"]].append(int(row["labels"]))
+    assert set(curves) == {(s, seed) for s in STRATEGIES for seed in ("0", "1")}
+    assert all(labels == CHECKPOINTS for labels in curves.values())
+
+
+def test_all_strategies_of_a_seed_start_from_the_same_labels(run):
+    _, _, rows = run
+    for seed in ("0", "1"):
+        first = {(r["accuracy"], r["macro_f1"]) for r in rows if r["seed"] == seed and int(r["labels"]) == INITIAL}
+        assert len(first) == 1, f"seed {seed}: the strategies' first refits differ: {first}"
+
+
+def test_the_instant_model_learns_the_departments_well_above_chance(run):
+    _, _, rows = run
+    final = [float(r["accuracy"]) for r in rows if int(r["labels"]) == BUDGET]
+    assert min(final) >= 0.8  # chance is 0.25
+
+
+def test_the_summary_compares_every_strategy_with_random_order(run):
+    _, out, _ = run
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["pool"] == 160 and summary["eval_tickets"] == 80 and summary["departments"] == 4
+    assert set(summary["strategies"]) == set(STRATEGIES)
+    for row in summary["strategies"].values():
+        assert {"final_accuracy", "final_macro_f1", "labels_to_reach_random_final_accuracy", "label_saving_percent"} <= set(row)
+    random_row = summary["strategies"]["random"]
+    assert random_row["final_accuracy"] == summary["random_final_accuracy"]
+    assert random_row["labels_to_reach_random_final_accuracy"] in CHECKPOINTS
+    assert random_row["label_saving_percent"] == 0.0
+
+
+def test_labels_needed_and_saving_come_from_the_mean_curves():
+    def curve(name, accuracies):
+        return [CurvePoint(name, seed, n, a + delta, 0.5, 0.1) for seed, delta in ((0, -0.02), (1, 0.02))
+                for n, a in zip((100, 200, 300, 400), accuracies)]
+
+    points = curve("random", [0.5, 0.6, 0.7, 0.8]) + curve("margin", [0.6, 0.8, 0.85, 0.9]) + curve("entropy", [0.4, 0.5, 0.6, 0.7])
+    comparison = compare_to_random(mean_curves(points))
+    assert comparison["random"]["labels_to_reach_random_final_accuracy"] == 400
+    assert comparison["margin"]["labels_to_reach_random_final_accuracy"] == 200
+    assert comparison["margin"]["label_saving_percent"] == 50.0
+    assert comparison["entropy"]["labels_to_reach_random_final_accuracy"] is None
+    assert comparison["entropy"]["label_saving_percent"] is None
+    assert comparison["margin"]["final_accuracy"] == pytest.approx(0.9)
+
+
+def test_a_missing_evaluation_file_is_refused_with_its_name(tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", tickets(5, seed=1))
+    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_threshold_that_leaves_no_department_is_refused(tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", tickets(5, seed=1))
+    write_jsonl(tmp_path / "eval.jsonl", tickets(2, seed=2))
+    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"), "--min-per-label", "6",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "--min-per-label 6" in capsys.readouterr().err
+
+
+def test_a_budget_beyond_the_pool_is_refused(tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", tickets(5, seed=1))
+    write_jsonl(tmp_path / "eval.jsonl", tickets(2, seed=2))
+    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"), "--budget", "21",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "20 tickets of the pool" in capsys.readouterr().err
+
+
+def test_the_llm_model_is_refused_without_a_gpu(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_jsonl(tmp_path / "train.jsonl", tickets(5, seed=1))
+    write_jsonl(tmp_path / "eval.jsonl", tickets(2, seed=2))
+    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"), "--model", "llm",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "CUDA" in capsys.readouterr().err

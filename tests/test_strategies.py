@@ -1,0 +1,75 @@
+"""Query strategies put the tickets worth labelling first, deterministically, and share out the long tail."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.strategies import STRATEGIES, ClassBalanced, Entropy, LeastConfidence, Margin, Random, strategy
+
+SURE = [0.9, 0.05, 0.05]
+SPREAD = [0.4, 0.35, 0.25]
+TORN_BETWEEN_TWO = [0.5, 0.5, 0.0]
+UNIFORM = [1 / 3, 1 / 3, 1 / 3]
+PROBS = np.array([SURE, SPREAD, TORN_BETWEEN_TWO, UNIFORM])
+
+
+def test_least_confidence_puts_the_lowest_top_probability_first():
+    assert LeastConfidence().rank(PROBS).tolist() == [3, 1, 2, 0]
+
+
+def test_margin_puts_the_closest_two_departments_first_and_breaks_ties_by_row():
+    # rows 2 and 3 both have a zero margin: the lower index comes first
+    assert Margin().rank(PROBS).tolist() == [2, 3, 1, 0]
+
+
+def test_entropy_puts_the_most_spread_distribution_first():
+    assert Entropy().rank(PROBS).tolist() == [3, 1, 2, 0]
+
+
+def test_uncertainty_rankings_are_unchanged_by_a_generator():
+    for make in (LeastConfidence, Margin, Entropy):
+        assert make().rank(PROBS, np.random.default_rng(5)).tolist() == make().rank(PROBS).tolist()
+
+
+def test_random_is_a_permutation_reproducible_for_a_seed():
+    probs = np.full((50, 3), 1 / 3)
+    first = Random().rank(probs, np.random.default_rng(7))
+    assert sorted(first.tolist()) == list(range(50))
+    assert first.tolist() == Random().rank(probs, np.random.default_rng(7)).tolist()
+    assert first.tolist() != Random().rank(probs, np.random.default_rng(8)).tolist()
+
+
+def test_class_balanced_gives_every_predicted_department_a_ticket_per_round_rarest_first():
+    probs = np.array([
+        [0.50, 0.45, 0.05],  # 0  department 0, very uncertain
+        [0.52, 0.43, 0.05],  # 1  department 0
+        [0.55, 0.40, 0.05],  # 2  department 0
+        [0.60, 0.35, 0.05],  # 3  department 0
+        [0.20, 0.70, 0.10],  # 4  department 1
+        [0.10, 0.85, 0.05],  # 5  department 1
+        [0.02, 0.03, 0.95],  # 6  department 2: the one rare, confident ticket
+    ])
+    plain = Margin().rank(probs).tolist()
+    assert plain[:4] == [0, 1, 2, 3]  # margin alone spends a batch of four on department 0
+    balanced = ClassBalanced(Margin()).rank(probs).tolist()
+    assert balanced == [6, 4, 0, 5, 1, 2, 3]
+    assert sorted(balanced) == list(range(7))
+
+
+def test_every_listed_strategy_ranks_every_row_once():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=40)
+    for name in STRATEGIES:
+        ranked = strategy(name).rank(probs, np.random.default_rng(1))
+        assert sorted(ranked.tolist()) == list(range(40)), name
+
+
+def test_balanced_variants_exist_for_each_uncertainty_measure():
+    assert isinstance(strategy("balanced-margin"), ClassBalanced)
+    assert {"random", "least-confidence", "margin", "entropy", "balanced-least-confidence", "balanced-margin",
+            "balanced-entropy"} <= set(STRATEGIES)
+
+
+def test_an_unknown_name_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError, match="choose one of: .*least-confidence.*balanced-margin"):
+        strategy("uncertainty")
