@@ -123,7 +123,10 @@ def run_demo(settings: Settings, data_dir: str, fresh: bool, ls_port: int, wait:
         _print_summary(ls, project_id, version, bool(synced), tasks, backend_url, root)
         if wait:
             print("\nPress Ctrl-C to stop both servers.", flush=True)
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # sigwait only receives signals that are blocked
+            signal.sigwait(stop)
+            print("stopping...", flush=True)
         return 0
     finally:
         if backend is not None:
