@@ -247,21 +247,20 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            _put_meta(db, key, value)
 
     @staticmethod
     def _next_seq(db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT value FROM meta WHERE key = 'label_seq'").fetchone()
-        seq = int(row["value"]) + 1 if row else 1
-        db.execute("INSERT INTO meta(key, value) VALUES ('label_seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(seq),))
+        seq = _current_seq(db) + 1
+        _put_meta(db, "label_seq", str(seq))
         return seq
 
     def set_label_space(self, label_config: str, departments: tuple[str, ...]) -> None:
         """The labeling config the service serves, and its department list for readers that do not parse XML
         (the training worker)."""
         with self._tx() as db:
-            for key, value in (("label_config", label_config), ("departments", json.dumps(list(departments), ensure_ascii=False))):
-                db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            _put_meta(db, "label_config", label_config)
+            _put_meta(db, "departments", json.dumps(list(departments), ensure_ascii=False))
 
     def departments(self) -> tuple[str, ...] | None:
         raw = self.get_meta("departments")
@@ -508,10 +507,9 @@ class Store:
             row = db.execute(sql + " ORDER BY id LIMIT 1", params).fetchone()
             if row is not None:
                 return _job(row), False
-            seq = db.execute("SELECT value FROM meta WHERE key = 'label_seq'").fetchone()
             cur = db.execute(
                 "INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, 'queued', ?, ?, ?, ?)",
-                (kind, reason, project_id, int(seq[0]) if seq else 0, now()))
+                (kind, reason, project_id, _current_seq(db), now()))
             job_id = cur.lastrowid
         return self.get_job(job_id), True
 
@@ -544,6 +542,15 @@ class Store:
         """Labels up to this sequence number were (or are being) trained on; failed jobs do not count."""
         rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND status != 'failed'", (kind,))
         return rows[0]["s"] or 0
+
+
+def _put_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _current_seq(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'label_seq'").fetchone()
+    return int(row["value"]) if row else 0
 
 
 def _stored_label(row: sqlite3.Row) -> StoredLabel:
