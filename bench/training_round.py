@@ -6,7 +6,8 @@
 This process plays the serving backend: it loads the 4-bit model and scores a batch, so its memory is in use.
 Then, each in its own process as in production:
   ours       `python -m training.round` on a label store of 1,000 gold labels (a fifth frozen for the gate):
-             answer-only loss, length-grouped batches padded to their longest; timed from the job request to the promoted adapter
+             answer-only loss, length-grouped batches padded to a multiple of 64; timed from the job request to the
+             promoted adapter
   original   the recipe's way on the same training labels: loss on the whole prompt, every sequence padded to 896
 Both use the recipe's hyper-parameters (LoRA r=64, micro-batch 2 x 8, 8-bit AdamW, one epoch). GPU memory is
 sampled with nvidia-smi while they run: serving and training together must fit a 24 GB card.
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from annotation_config.catalog import DEFAULT_LABELING_CONFIG, load_catalog
@@ -66,7 +68,8 @@ def make_labels(tickets_path: Path, n: int, departments: tuple[str, ...]) -> lis
     return [(rng.choice(texts), rng.choice(departments)) for _ in range(n)]
 
 
-def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, first_id: int = 1, name: str = "ours") -> dict:
+def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config: TrainingConfig, first_id: int = 1,
+             name: str = "ours") -> dict:
     """A round exactly as the service runs it; called again with more labels it continues from the promoted adapter."""
     settings = Settings(model_dir=work / "ours", base_model=base_model, training_device="cuda")
     store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
@@ -75,7 +78,7 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, first_i
     store.set_label_space(DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)
     if store.serving_version("llm") is None:
         store.add_version("llm-base", "llm", status="serving", data={"base_model": base_model})
-    env = {**os.environ, **settings.to_env(), **TrainingConfig(promote_tolerance=1.0).to_env()}
+    env = {**os.environ, **settings.to_env(), **config.to_env()}
     started = time.perf_counter()
     job, _ = store.request_job("train", "benchmark trigger")
     with open(work / f"{name}.log", "wb") as log:
@@ -85,12 +88,15 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, first_i
     job = store.get_job(job.id)
     version = store.get_version(job.version) if job.version else None
     data = version.data if version else {}
-    return {"recipe": "ours: answer-only loss, length-grouped batches", "round": name, "status": job.status, "error": job.error,
+    return {"recipe": f"ours: answer-only loss, length-grouped, padded to a multiple of {config.pad_to_multiple_of}, "
+                      f"micro-batch {config.micro_batch} x {config.grad_accumulation}", "round": name, "status": job.status, "error": job.error,
             "version": job.version, "parent": version.parent if version else None, "gate": version.note if version else None,
             "new_labels": data.get("new_labels"), "replay_labels": data.get("replay_labels"),
             "trigger_to_promoted_s": round(wall, 1), "train_seconds": data.get("train_seconds"),
-            "examples": data.get("examples"), "non_padding_tokens": data.get("tokens"),
-            "non_padding_tokens_per_s": data.get("tokens_per_second"), "steps": data.get("steps"),
+            "first_step_seconds": data.get("first_step_seconds"), "examples": data.get("examples"),
+            "non_padding_tokens": data.get("tokens"), "non_padding_tokens_per_s": data.get("tokens_per_second"),
+            "processed_tokens": data.get("processed_tokens"), "padding_fraction": data.get("padding_fraction"),
+            "steps": data.get("steps"),
             "worker_peak_allocated_gib": data.get("peak_allocated_gib"), "worker_peak_reserved_gib": data.get("peak_reserved_gib"),
             "eval_labels": (version.metrics.get("n") if version else None)}
 
@@ -125,11 +131,10 @@ def original_worker(model_path: str, labels_file: Path, result: Path) -> None:
     for text, department in rows:
         ids = template.training_example(text, department).input_ids
         examples.append({"input_ids": ids, "labels": list(ids)})
-    stats = fine_tune(model, tokenizer, examples, config, True, result.parent / "original-trainer", PADDED_LENGTH,
-                      pad_to_multiple_of=PADDED_LENGTH)
+    stats = fine_tune(model, tokenizer, examples, replace(config, pad_to_multiple_of=PADDED_LENGTH), True,
+                      result.parent / "original-trainer", PADDED_LENGTH)
     stats["non_padding_tokens_per_s"] = stats.pop("tokens_per_second")
     stats["non_padding_tokens"] = stats.pop("tokens")
-    stats["padded_tokens_per_s"] = round(len(examples) * PADDED_LENGTH * config.epochs / stats["train_seconds"], 1)
     stats["worker_peak_allocated_gib"] = stats.pop("peak_allocated_gib")
     stats["worker_peak_reserved_gib"] = stats.pop("peak_reserved_gib")
     result.write_text(json.dumps(stats))
@@ -144,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, default=1000, help="gold labels in the store (default: %(default)s)")
     parser.add_argument("--second-round", type=int, default=200, metavar="N",
                         help="then N more labels and a second round, continuing from the promoted adapter (0: skip)")
+    parser.add_argument("--pad-to-multiple-of", type=int, default=TrainingConfig().pad_to_multiple_of, metavar="N",
+                        help="our round's TRAIN_PAD_TO_MULTIPLE_OF (default: %(default)s)")
+    parser.add_argument("--micro-batch", type=int, default=TrainingConfig().micro_batch, metavar="N",
+                        help="our round's TRAIN_MICRO_BATCH (default: %(default)s, the recipe's)")
+    parser.add_argument("--grad-accumulation", type=int, default=TrainingConfig().grad_accumulation, metavar="N",
+                        help="our round's TRAIN_GRAD_ACCUMULATION (default: %(default)s, the recipe's)")
     parser.add_argument("--out", type=Path, help="append one JSON line per recipe here")
     parser.add_argument("--original-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -173,30 +184,40 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        runs = [lambda: run_ours(base, labels, work), lambda: run_original(base, labels, work)]
+        # the gate cannot stop a round of random weights: every candidate is promoted, so the next one continues from it
+        ours = TrainingConfig(pad_to_multiple_of=args.pad_to_multiple_of, micro_batch=args.micro_batch,
+                              grad_accumulation=args.grad_accumulation, promote_tolerance=1.0)
+        runs = [lambda: run_ours(base, labels, work, ours), lambda: run_original(base, labels, work)]
         if args.second_round:
             more = make_labels(args.tickets, args.labels + args.second_round, departments)[args.labels:]
-            runs.append(lambda: run_ours(base, more, work, first_id=args.labels + 1, name="ours-second-round"))
+            runs.append(lambda: run_ours(base, more, work, ours, first_id=args.labels + 1, name="ours-second-round"))
         for run in runs:
             with GpuMemorySampler() as sampler:
                 result = run()
-            result.update(context, gpu_peak_used_gib_all_processes=round(sampler.peak_mib / 1024, 2))
+            processed, seconds = result.get("processed_tokens"), result.get("train_seconds")
+            result.update(context, gpu_peak_used_gib_all_processes=round(sampler.peak_mib / 1024, 2),
+                          processed_tokens_per_s=round(processed / seconds, 1) if processed and seconds else None)
             results.append(result)
             print(json.dumps(result, ensure_ascii=False), flush=True)
-            if args.out:
+            if args.out:  # each result and log as soon as it exists: a run cut by a time limit keeps what finished
                 with args.out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(result, ensure_ascii=False) + "\n")
-        for name in ("ours.log", "original.log", "ours-second-round.log"):
-            if args.out and (work / name).exists():
-                (args.out.parent / f"training-{name}").write_bytes((work / name).read_bytes()[-200_000:])
-    original = results[1]
-    print("\n| recipe | non-padding tokens/s | x original | train s | trigger to promoted s | GPU peak, all processes GiB |")
-    print("|---|---|---|---|---|---|")
+                for log in work.glob("*.log"):
+                    (args.out.parent / f"training-{log.name}").write_bytes(log.read_bytes()[-2_000_000:])
+    print_table(results)
+    return 0
+
+
+def print_table(results: list[dict]) -> None:
+    original = next((r for r in results if r["recipe"].startswith("original")), {})
+    print("\n| recipe | non-padding tokens/s | x original | padding | first step s | train s | trigger to promoted s "
+          "| GPU peak, all processes GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         ratio = (r.get("non_padding_tokens_per_s") or 0) / (original.get("non_padding_tokens_per_s") or float("nan"))
-        print(f"| {r['recipe']}{' (' + r['round'] + ')' if r.get('round') else ''} | {r.get('non_padding_tokens_per_s')} | {ratio:.2f} | {r.get('train_seconds')} | "
-              f"{r.get('trigger_to_promoted_s', '-')} | {r['gpu_peak_used_gib_all_processes']} |")
-    return 0
+        print(f"| {r['recipe']}{' (' + r['round'] + ')' if r.get('round') else ''} | {r.get('non_padding_tokens_per_s')} "
+              f"| {ratio:.2f} | {r.get('padding_fraction')} | {r.get('first_step_seconds')} | {r.get('train_seconds')} "
+              f"| {r.get('trigger_to_promoted_s', '-')} | {r['gpu_peak_used_gib_all_processes']} |")
 
 
 if __name__ == "__main__":

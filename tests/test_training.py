@@ -96,6 +96,14 @@ def test_one_round_raises_accuracy_on_the_frozen_split_from_chance_to_well_above
     assert data["new_labels"] == service.store.label_stats()["labels"] - report["n"]  # the split is never trained on
 
 
+def test_batches_are_padded_to_a_multiple_of_64_not_to_the_maximum_length(loop):
+    data = loop["service"].store.get_version("lora-1").data
+    full_rows = data["examples"] * float(FAST_TRAINING["TRAIN_EPOCHS"]) * loop["settings"].max_seq_length
+    assert data["processed_tokens"] % 64 == 0
+    assert data["tokens"] <= data["processed_tokens"] < full_rows / 2  # these ~280-token rows padded to 896: 2.8x
+    assert data["padding_fraction"] == round(1 - data["tokens"] / data["processed_tokens"], 4) < 0.25
+
+
 def test_requests_are_answered_while_training_runs(loop):
     assert loop["during"], "the job finished before any request could be made during it"
     assert all(status == 200 and version == "llm-base" for status, version, _ in loop["during"])

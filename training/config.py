@@ -24,14 +24,15 @@ class TrainingConfig(EnvConfig):
     optimizer: str = setting("TRAIN_OPTIMIZER", "adamw_8bit", "optimizer on CUDA (8-bit AdamW from bitsandbytes); the CPU path uses adamw_torch")
     micro_batch: int = setting("TRAIN_MICRO_BATCH", 2, "sequences per forward pass")
     grad_accumulation: int = setting("TRAIN_GRAD_ACCUMULATION", 8, "micro-batches per optimizer step")
+    pad_to_multiple_of: int = setting("TRAIN_PAD_TO_MULTIPLE_OF", 64, "batches hold tickets of similar length, padded to the longest rounded up to this (a few shapes for the compiled kernels); MAX_SEQ_LENGTH pads every row to full length, as the original recipe did")
     epochs: float = setting("TRAIN_EPOCHS", 1.0, "passes over the round's data (new labels + replay)")
     seed: int = setting("TRAIN_SEED", 3407, "seed for data order, replay sampling and LoRA initialisation")
     replay_ratio: float = setting("REPLAY_RATIO", 1.0, "earlier gold labels replayed per new label, stratified by department, so the adapter keeps what it learnt")
     promote_tolerance: float = setting("PROMOTE_TOLERANCE", 0.0, "a candidate is promoted unless its macro-F1 on the frozen split falls below the serving version's by more than this")
 
     def validate(self) -> None:
-        if self.lora_r <= 0 or self.micro_batch <= 0 or self.grad_accumulation <= 0:
-            raise SettingsError("TRAIN_LORA_R, TRAIN_MICRO_BATCH and TRAIN_GRAD_ACCUMULATION must be positive")
+        if min(self.lora_r, self.micro_batch, self.grad_accumulation, self.pad_to_multiple_of) <= 0:
+            raise SettingsError("TRAIN_LORA_R, TRAIN_MICRO_BATCH, TRAIN_GRAD_ACCUMULATION and TRAIN_PAD_TO_MULTIPLE_OF must be positive")
         if not 0 < self.learning_rate < 10:
             raise SettingsError(f"TRAIN_LEARNING_RATE must be in (0, 10), got {self.learning_rate}")
         if self.replay_ratio < 0 or self.promote_tolerance < 0 or self.epochs <= 0:

@@ -144,17 +144,31 @@ def sft_trainer_class(cuda: bool):
 
 
 def fine_tune(model, tokenizer, examples: list[dict], config: TrainingConfig, cuda: bool, output_dir: Path,
-              max_length: int, callbacks=(), pad_to_multiple_of: int | None = None) -> dict:
+              max_length: int, callbacks=()) -> dict:
     """TRL SFT on pre-tokenized examples ({"input_ids", "labels"}): our tokens and our loss mask are used as
     they are, so training sees exactly the sequences scoring reads.
 
-    Batches hold tickets of similar length, padded only to the longest of the batch: nearly no padding, and the
-    dense attention kernels. (TRL's padding-free flattening was measured 3x slower per token with unsloth on a GPU
-    without FlashAttention: BENCHMARKS.md.)"""
+    Batches hold tickets of similar length, padded to the longest of the batch rounded up to
+    TRAIN_PAD_TO_MULTIPLE_OF: little padding, a handful of shapes for the compiled kernels, and the dense attention
+    kernels. padding_free is set explicitly because unsloth otherwise decides it per GPU, and its flattening was
+    measured slower per token on a GPU without FlashAttention (BENCHMARKS.md)."""
     import torch
     from datasets import Dataset
+    from transformers import TrainerCallback
     from trl import SFTConfig
 
+    class FirstStepClock(TrainerCallback):
+        """The first optimizer step carries the kernel compilation; timed apart so throughput is not hidden by it."""
+        began = first_step = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.first_step is None:
+                self.first_step = time.perf_counter() - self.began
+
+    full_rows = config.pad_to_multiple_of >= max_length
     bf16 = cuda and torch.cuda.is_bf16_supported()
     args = SFTConfig(
         output_dir=str(output_dir), per_device_train_batch_size=config.micro_batch,
@@ -162,20 +176,25 @@ def fine_tune(model, tokenizer, examples: list[dict], config: TrainingConfig, cu
         lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
         optim=config.optimizer if cuda else "adamw_torch", bf16=bf16, fp16=cuda and not bf16,
         num_train_epochs=config.epochs, seed=config.seed, data_seed=config.seed, max_length=max_length,
-        train_sampling_strategy="random" if pad_to_multiple_of else "group_by_length",
-        pad_to_multiple_of=pad_to_multiple_of, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=not cuda, dataloader_num_workers=0, disable_tqdm=False,
+        padding_free=False, pad_to_multiple_of=min(config.pad_to_multiple_of, max_length),
+        train_sampling_strategy="random" if full_rows else "group_by_length", include_num_input_tokens_seen="all",
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=not cuda, dataloader_num_workers=0,
+        disable_tqdm=False,
     )
-    trainer = sft_trainer_class(cuda)(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-                         callbacks=list(callbacks))
+    clock = FirstStepClock()
+    trainer = sft_trainer_class(cuda)(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                                      processing_class=tokenizer, callbacks=[clock, *callbacks])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
     tokens = sum(len(e["input_ids"]) for e in examples) * config.epochs
+    processed = trainer.state.num_input_tokens_seen
     return {"steps": result.global_step, "train_loss": round(float(result.training_loss), 4), "train_seconds": round(seconds, 2),
-            "examples": len(examples), "tokens": int(tokens), "tokens_per_second": round(tokens / seconds, 1),
+            "first_step_seconds": round(clock.first_step or 0.0, 2), "examples": len(examples), "tokens": int(tokens),
+            "tokens_per_second": round(tokens / seconds, 1), "processed_tokens": int(processed),
+            "padding_fraction": round(1 - tokens / processed, 4) if processed else None,
             "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None}
 
@@ -316,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, config = Settings.from_env(), TrainingConfig.from_env()
+    # Compiled kernels are kept with the model, so every round after the first skips most of the compilation.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.model_dir / "cache" / "torchinductor"))
     try:
         run_round(args.job, settings, config)
     except Exception as exc:
