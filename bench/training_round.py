@@ -9,8 +9,10 @@ Then, each in its own process as in production:
              answer-only loss, length-grouped batches padded to a multiple of 64; timed from the job request to the
              promoted adapter
   original   the recipe's way on the same training labels: loss on the whole prompt, every sequence padded to 896
-Both use the recipe's hyper-parameters (LoRA r=64, micro-batch 2 x 8, 8-bit AdamW, one epoch). GPU memory is
-sampled with nvidia-smi while they run: serving and training together must fit a 24 GB card.
+Both use the recipe's hyper-parameters (LoRA r=64, micro-batch 2 x 8, 8-bit AdamW, one epoch); --micro-batch and
+--grad-accumulation change ours, --original-also-at adds the original at another split, --second-round adds a round
+of ours continuing from the promoted adapter. GPU memory is sampled with nvidia-smi while they run: serving and
+training together must fit a 24 GB card. bench/gpu_run.sh runs it on the lent GPU (BENCHMARKS.md, section 2).
 """
 from __future__ import annotations
 
@@ -101,28 +103,30 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
             "eval_labels": (version.metrics.get("n") if version else None)}
 
 
-def run_original(base_model: str, labels: list[tuple[str, str]], work: Path) -> dict:
+def run_original(base_model: str, work: Path, micro_batch: int = 2, grad_accumulation: int = 8) -> dict:
     labels_file = work / "original.jsonl"
     store = Store(work / "ours" / "store.sqlite3")  # the same training labels the round above used
     train = [(l.text, l.department) for l in store.labels(split="train")]
     labels_file.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in train), encoding="utf-8")
-    result = work / "original.json"
+    name = "original" if (micro_batch, grad_accumulation) == (2, 8) else f"original-{micro_batch}x{grad_accumulation}"
+    result = work / f"{name}.json"
     started = time.perf_counter()
-    with open(work / "original.log", "wb") as log:
+    with open(work / f"{name}.log", "wb") as log:
         subprocess.run([sys.executable, "-m", "bench.training_round", "--original-worker", "--model", base_model,
-                        "--labels-file", str(labels_file), "--result", str(result)], stdout=log, stderr=subprocess.STDOUT,
+                        "--labels-file", str(labels_file), "--result", str(result), "--micro-batch", str(micro_batch),
+                        "--grad-accumulation", str(grad_accumulation)], stdout=log, stderr=subprocess.STDOUT,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
-    stats = json.loads(result.read_text()) if result.exists() else {"error": "the original-recipe worker failed; see original.log"}
-    return {"recipe": "original: whole-prompt loss, padded to 896", "process_seconds": round(time.perf_counter() - started, 1), **stats}
+    stats = json.loads(result.read_text()) if result.exists() else {"error": f"the original-recipe worker failed; see {name}.log"}
+    return {"recipe": f"original: whole-prompt loss, padded to 896, micro-batch {micro_batch} x {grad_accumulation}",
+            "process_seconds": round(time.perf_counter() - started, 1), **stats}
 
 
-def original_worker(model_path: str, labels_file: Path, result: Path) -> None:
+def original_worker(model_path: str, labels_file: Path, result: Path, config: TrainingConfig) -> None:
     """The recipe's training step on our sequences: every token is a target, every row 896 long."""
     from training.loading import load_model
     from training.prompt import PromptTemplate
     from training.round import attach_lora, fine_tune
 
-    config = TrainingConfig()
     rows = [json.loads(line) for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     model, tokenizer = load_model(model_path, PADDED_LENGTH, "cuda", for_training=True)
     model = attach_lora(model, config, True, None)
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="our round's TRAIN_MICRO_BATCH (default: %(default)s, the recipe's)")
     parser.add_argument("--grad-accumulation", type=int, default=TrainingConfig().grad_accumulation, metavar="N",
                         help="our round's TRAIN_GRAD_ACCUMULATION (default: %(default)s, the recipe's)")
+    parser.add_argument("--original-also-at", type=int, nargs=2, metavar=("MICRO", "ACCUMULATION"),
+                        help="then the original recipe once more with this micro-batch split (same batch of MICRO x ACCUMULATION)")
     parser.add_argument("--out", type=Path, help="append one JSON line per recipe here")
     parser.add_argument("--original-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -162,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.original_worker:
-        original_worker(args.model, args.labels_file, args.result)
+        original_worker(args.model, args.labels_file, args.result,
+                        TrainingConfig(micro_batch=args.micro_batch, grad_accumulation=args.grad_accumulation))
         return 0
 
     import torch
@@ -187,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         # the gate cannot stop a round of random weights: every candidate is promoted, so the next one continues from it
         ours = TrainingConfig(pad_to_multiple_of=args.pad_to_multiple_of, micro_batch=args.micro_batch,
                               grad_accumulation=args.grad_accumulation, promote_tolerance=1.0)
-        runs = [lambda: run_ours(base, labels, work, ours), lambda: run_original(base, labels, work)]
+        runs = [lambda: run_ours(base, labels, work, ours), lambda: run_original(base, work)]
+        if args.original_also_at:
+            runs.append(lambda: run_original(base, work, *args.original_also_at))
         if args.second_round:
             more = make_labels(args.tickets, args.labels + args.second_round, departments)[args.labels:]
             runs.append(lambda: run_ours(base, more, work, ours, first_id=args.labels + 1, name="ours-second-round"))
