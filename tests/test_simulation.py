@@ -116,22 +116,17 @@ def test_a_missing_evaluation_file_is_refused_with_its_name(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_threshold_that_leaves_no_department_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("option, value, message", [
+    ("--min-per-label", "6", "--min-per-label 6"),  # a threshold that leaves no department
+    ("--budget", "21", "20 tickets of the pool"),  # a budget beyond the pool
+])
+def test_settings_the_data_cannot_meet_are_refused(tmp_path, capsys, option, value, message):
     write_jsonl(tmp_path / "train.jsonl", tickets(5, seed=1))
     write_jsonl(tmp_path / "eval.jsonl", tickets(2, seed=2))
-    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"), "--min-per-label", "6",
+    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"), option, value,
                  "--out", str(tmp_path / "out")])
     assert code == 2
-    assert "--min-per-label 6" in capsys.readouterr().err
-
-
-def test_a_budget_beyond_the_pool_is_refused(tmp_path, capsys):
-    write_jsonl(tmp_path / "train.jsonl", tickets(5, seed=1))
-    write_jsonl(tmp_path / "eval.jsonl", tickets(2, seed=2))
-    code = main(["--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "eval.jsonl"), "--budget", "21",
-                 "--out", str(tmp_path / "out")])
-    assert code == 2
-    assert "20 tickets of the pool" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_the_llm_model_is_refused_without_a_gpu(tmp_path, capsys, monkeypatch):
