@@ -17,4 +17,5 @@ demo: install
 	$(PY) -m backend demo
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest

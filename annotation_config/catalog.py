@@ -44,9 +44,6 @@ class Catalog:
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.departments)
 
-    def get(self, name: str) -> Department | None:
-        return next((d for d in self.departments if d.name == name), None)
-
     def seed_texts(self) -> dict[str, str]:
         return {d.name: d.seed_text() for d in self.departments}
 

@@ -1,7 +1,7 @@
 """Renders the Label Studio labeling config that annotators see, from a department catalog.
 
 The backend never assumes the control names written here: it reads them back from whatever config the project
-uses (``backend/labeling.py``), telling the controls apart by their role:
+uses (``core/labeling.py``), telling the controls apart by their role:
 the single-choice ``Choices`` is the department, a ``TextArea`` with ``readonly="true"`` shows the model's
 top-3 alternatives, any other ``TextArea`` is the annotator's optional rationale (``Complex_CoT`` in exports).
 """

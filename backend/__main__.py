@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from backend.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -55,10 +55,10 @@ def serve(settings: Settings) -> None:
 
 # Commands with their own option parsers, in their own modules: `python -m backend NAME --help` shows them.
 SUBCOMMANDS = {
-    "export": ("backend.export", "export the gold labels: recipe JSONL, Hugging Face dataset + Parquet, CSV, with a stratified split"),
-    "quality-report": ("backend.quality", "suspected label errors, confusable departments and annotator agreement (HTML + JSON)"),
-    "convergence": ("backend.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
-    "simulate": ("backend.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
+    "export": ("tools.export", "export the gold labels: recipe JSONL, Hugging Face dataset + Parquet, CSV, with a stratified split"),
+    "quality-report": ("tools.quality", "suspected label errors, confusable departments and annotator agreement (HTML + JSON)"),
+    "convergence": ("tools.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
+    "simulate": ("tools.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
 }
 
 
@@ -81,7 +81,7 @@ def model_dir_problem(settings: Settings) -> str | None:
 
 
 def print_versions(settings: Settings) -> int:
-    from backend.store import Store
+    from core.store import Store
 
     store = Store(settings.store_path)
     print(f"{'version':<14} {'kind':<8} {'status':<10} {'parent':<12} {'accuracy':>8} {'macro-F1':>8} {'eval n':>6}  created")
@@ -93,15 +93,16 @@ def print_versions(settings: Settings) -> int:
 
 
 def roll_back(settings: Settings, name: str) -> int:
-    from backend.store import VERSION_NAME, Store
+    from core.jobs import ModelKind
+    from core.store import VERSION_NAME, Store
 
     if not VERSION_NAME.fullmatch(name):
         print(f"error: {name!r} is not a version name (letters, digits, '.', '_', '-')", file=sys.stderr)
         return 2
     store = Store(settings.store_path)
     version = store.get_version(name)
-    if version is None or version.kind != "llm":
-        names = ", ".join(v.name for v in store.versions("llm")) or "none"
+    if version is None or version.kind != ModelKind.LLM:
+        names = ", ".join(v.name for v in store.versions(ModelKind.LLM)) or "none"
         print(f"error: no LLM version {name!r}; LLM versions: {names}", file=sys.stderr)
         return 2
     if version.path and not Path(version.path, "adapter_config.json").exists():
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.command == "settings":
-        from training.config import TrainingConfig
+        from core.settings import TrainingConfig
 
         print("## Service\n\n" + Settings.describe() + "\n\n## Fine-tuning\n\n" + TrainingConfig.describe())
         return 0
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return request_job(settings, args.url or f"http://{settings.host}:{settings.port}", "/preannotate",
                            {"project": args.project}, args.follow)
     if args.command == "demo":
-        from backend.demo import run_demo
+        from tools.demo import run_demo
 
         return run_demo(settings, data_dir=args.data_dir, fresh=args.fresh, ls_port=args.ls_port, wait=not args.no_wait)
     serve(settings)

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.errors import ApiError
 from backend.service import Service, is_id
-from backend.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

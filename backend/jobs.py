@@ -7,29 +7,18 @@ previous process are marked failed, unfinished adapter folders are removed, and 
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-from backend.settings import Settings
-from backend.store import Job, Store, now
+from core.jobs import IN_PROGRESS, JobKind, JobStatus, launch_worker
+from core.settings import Settings
+from core.store import Job, Store, now
 
 log = logging.getLogger(__name__)
-
-TRAIN = "train"
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills the worker when the thread that started it ends."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class JobRunner:
@@ -53,17 +42,15 @@ class JobRunner:
 
     def request(self, reason: str, project_id: int | None = None) -> tuple[Job, bool]:
         """Queue a training job; while one is queued or running, requests coalesce into it."""
-        job, created = self.store.request_job(TRAIN, reason, project_id)
+        job, created = self.store.request_job(JobKind.TRAIN, reason, project_id)
         if created:
             log.info("training job %d queued (%s)", job.id, reason)
         self._wake.set()
         return job, created
 
     def _recover(self) -> None:
-        for job in self.store.jobs(kind=TRAIN, status=["running", "succeeded"]):
-            if job.finished:
-                continue
-            self.store.update_job(job.id, status="failed", finished_at=now(),
+        for job in self.store.jobs(kind=JobKind.TRAIN, status=IN_PROGRESS):
+            self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
                                   error="interrupted: the backend stopped while this job ran")
             log.warning("training job %d was interrupted by a restart; marked failed", job.id)
         for partial in self.settings.versions_dir.glob(".partial-*"):
@@ -71,7 +58,7 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stopped:
-            queued = self.store.jobs(kind=TRAIN, status=["queued"], limit=1000)
+            queued = self.store.jobs(kind=JobKind.TRAIN, status=[JobStatus.QUEUED], limit=1000)
             if not queued:
                 self._wake.wait(timeout=2.0)
                 self._wake.clear()
@@ -81,7 +68,7 @@ class JobRunner:
                 self._run(job)
             except Exception as exc:  # the runner must survive anything a job does
                 log.exception("training job %d could not run", job.id)
-                self.store.update_job(job.id, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+                self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(), error=f"{type(exc).__name__}: {exc}")
             finished = self.store.get_job(job.id)
             try:
                 self.on_finished(finished)
@@ -91,18 +78,14 @@ class JobRunner:
     def _run(self, job: Job) -> None:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.jobs_dir / f"{job.id}.log"
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        with open(log_path, "ab") as out:
-            self.current = subprocess.Popen(
-                [sys.executable, "-m", "training.round", "--job", str(job.id)], env=env, stdout=out,
-                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent, preexec_fn=_die_with_parent)
-            self.store.update_job(job.id, pid=self.current.pid)
-            log.info("training job %d started (pid %d, log %s)", job.id, self.current.pid, log_path)
-            code = self.current.wait()
+        self.current = launch_worker("training.round", ["--job", str(job.id)], {**os.environ, **self.settings.to_env()}, log_path)
+        self.store.update_job(job.id, pid=self.current.pid)
+        log.info("training job %d started (pid %d, log %s)", job.id, self.current.pid, log_path)
+        code = self.current.wait()
         self.current = None
         after = self.store.get_job(job.id)
-        if after.finished_at is None or (code != 0 and after.status != "failed"):
+        if after.finished_at is None or (code != 0 and after.status != JobStatus.FAILED):
             reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            self.store.update_job(job.id, status="failed", finished_at=now(),
+            self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
                                   error=f"the training worker {reason}; see {log_path}")
         log.info("training job %d: %s", job.id, self.store.get_job(job.id).status)

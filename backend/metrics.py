@@ -1,7 +1,7 @@
 """Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily

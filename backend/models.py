@@ -12,22 +12,22 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from annotation_config.catalog import Catalog
-from backend.batching import BatchingClassifier
-from backend.classifier import Classifier, TicketPrediction, summarize
-from backend.evaluation import classification_report
-from backend.instant_model import fit_instant_model
-from backend.labeling import LabelSpace
-from backend.settings import Settings
-from backend.store import Store, Version
+from backend.batching import BatchingClassifier, ClassifierClosed
+from core.classifier import Classifier, TicketPrediction, summarize
+from core.evaluation import evaluate
+from core.jobs import ModelKind
+from core.labeling import LabelSpace
+from core.settings import Settings
+from core.store import Store, Version
+from learning.instant_model import fit_on_labels
 
 log = logging.getLogger(__name__)
 
-INSTANT = "instant"
-LLM = "llm"
+INSTANT, LLM = ModelKind.INSTANT, ModelKind.LLM
 
 
 def departments_hash(departments: Sequence[str]) -> str:
@@ -73,12 +73,17 @@ class ModelManager:
     def predict(self, texts: Sequence[str], space: LabelSpace) -> tuple[str, list[TicketPrediction]]:
         if space.departments != self._space.departments:
             self.adopt(space)
-        clf = self.serving()
-        if clf.departments != space.departments:
-            # Built for another department list (the config changed while it loads): rather than suggest a
-            # department the project does not have, answer with the instant model, always fitted to the config.
-            clf = self._instant
-        return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments)
+        for _ in range(3):
+            clf = self.serving()
+            if clf.departments != space.departments:
+                # Built for another department list (the config changed while it loads): rather than suggest a
+                # department the project does not have, answer with the instant model, always fitted to the config.
+                clf = self._instant
+            try:
+                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments)
+            except ClassifierClosed:  # swapped out between taking it and asking it: ask the new one
+                continue
+        raise RuntimeError("the serving model kept changing during one request")
 
     # -- label space ----------------------------------------------------------------------------------------
     def adopt(self, space: LabelSpace) -> None:
@@ -106,21 +111,12 @@ class ModelManager:
             if previous is not None and self._instant_key == (seq, space.departments):
                 return previous
             started = time.perf_counter()
-            labels = [l for l in self.store.labels() if l.department in space.departments]
-            train = [l for l in labels if l.split == "train"]
-            seeds = {name: text for name, text in self.catalog.seed_texts().items() if name in space.departments}
             version = self.instant_version_name(seq, space)
-            clf, report = fit_instant_model(
-                version, space.departments,
-                train=([l.text for l in train], [l.department for l in train]),
-                all_labels=([l.text for l in labels], [l.department for l in labels]),
-                seed_texts=seeds, evaluate=lambda candidate: self._evaluate(candidate, space),
-                max_text_chars=self.settings.max_text_chars)
-            metrics = {**report[clf.method], "method": clf.method,
-                       "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m != "chosen"}}
+            clf, metrics = fit_on_labels(version, space.departments, self.store.labels(), self.catalog.seed_texts(),
+                                         self.settings.max_text_chars)
             self.last_fit_seconds = time.perf_counter() - started
             self.store.add_version(version, INSTANT, status="serving", parent=previous.version if previous else None,
-                                   data={"label_seq": seq, "train_labels": len(train), "labels": len(labels),
+                                   data={"label_seq": seq, "train_labels": metrics.pop("train_labels"), "labels": metrics.pop("labels"),
                                          "departments": len(space.departments), "departments_hash": departments_hash(space.departments),
                                          "fit_seconds": round(self.last_fit_seconds, 3)},
                                    metrics=metrics)
@@ -128,8 +124,8 @@ class ModelManager:
             self._instant, self._instant_key = clf, (seq, space.departments)
             if self._llm is None:
                 self.swap(clf)
-            log.info("instant model %s (%s): %d training labels, eval accuracy %s macro-F1 %s (n=%d), %.2f s", version,
-                     clf.method, len(train), metrics.get("accuracy"), metrics.get("macro_f1"), metrics.get("n", 0),
+            log.info("instant model %s (%s): eval accuracy %s macro-F1 %s (n=%d), %.2f s", version,
+                     clf.method, metrics.get("accuracy"), metrics.get("macro_f1"), metrics.get("n", 0),
                      self.last_fit_seconds)
             return clf
 
@@ -196,22 +192,15 @@ class ModelManager:
         with self._llm_lock:
             clf = self.llm_classifier(version)
             if not version.metrics:
-                self.store.update_version(version.name, metrics=self._evaluate(clf, self._space))
+                self.store.update_version(version.name, metrics=self._evaluate(clf))
             previous, self._llm = self._llm, clf
             self.swap(clf)
             if self.llm_state.get("state") == "ready":
                 self.llm_state = {**self.llm_state, "version": clf.version}
-            if previous is not None and previous.version != clf.version:
-                self._engine.drop_adapter(previous.version)
+            if previous is not None:
+                previous.close()  # its batching thread and cached prompt prefix go with it
+                if previous.version != clf.version:
+                    self._engine.drop_adapter(previous.version)
 
-    # -- evaluation -----------------------------------------------------------------------------------------
-    def evaluate(self, clf: Classifier) -> dict:
-        return self._evaluate(clf, self._space)
-
-    def _evaluate(self, clf: Classifier, space: LabelSpace) -> dict:
-        held_out = [l for l in self.store.labels(split="eval") if l.department in space.departments]
-        if not held_out:
-            return classification_report([], [])
-        dist = clf.predict_proba([l.text for l in held_out])
-        predicted = [p.department for p in summarize(dist, clf.departments, k=1)]
-        return classification_report([l.department for l in held_out], predicted)
+    def _evaluate(self, clf: Classifier) -> dict:
+        return evaluate(clf, self.store.labels(split="eval"))

@@ -11,26 +11,31 @@ samples by uncertainty.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from backend.labeling import parse_label_config
-from backend.store import Job, now
+from core.jobs import JobStatus
+from core.label_studio import LabelStudioClient
+from core.labeling import parse_label_config
+from core.store import Job, Store, now
+
+if TYPE_CHECKING:
+    from backend.models import ModelManager
 
 log = logging.getLogger(__name__)
 
-KIND = "preannotate"
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
-def preannotate(service, job: Job, chunk_size: int = 256) -> dict:
+def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models: ModelManager, chunk_size: int = 256) -> dict:
     """Run a queued preannotate job for job.project_id; progress goes to the job row (and a log line per chunk)."""
-    store, client, project_id = service.store, service.ls_client(), job.project_id
+    project_id = job.project_id
     if client is None:
         raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
-    store.update_job(job.id, status="running", started_at=now(), progress={"phase": "listing tasks"})
+    store.update_job(job.id, status=JobStatus.RUNNING, started_at=now(), progress={"phase": "listing tasks"})
     project = client.project(project_id)
     space = parse_label_config(project["label_config"])
-    service.models.adopt(space)
-    version = service.models.serving_version or service.models.serving().version
+    models.adopt(space)
+    version = models.serving_version or models.serving().version
     done = {p["task_id"] for p in store.predictions(model_version=version, project_id=project_id)}
     tasks = [t for t in client.tasks(project_id) if not t["total_annotations"]]
     todo = [t for t in tasks if t["id"] not in done]
@@ -51,7 +56,7 @@ def preannotate(service, job: Job, chunk_size: int = 256) -> dict:
             else:
                 skipped += 1
         if chunk:
-            used, predictions = service.models.predict(texts, space)
+            used, predictions = models.predict(texts, space)
             client.import_predictions(project_id, [
                 {"task": t["id"], "result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
                  "model_version": used} for t, p in zip(chunk, predictions)])
@@ -68,5 +73,5 @@ def preannotate(service, job: Job, chunk_size: int = 256) -> dict:
     client.set_sampling(project_id, UNCERTAINTY_SAMPLING)
     result = {"model_version": version, "unlabelled_tasks": len(tasks), "pushed": len(todo) - skipped,
               "already_there": len(tasks) - len(todo), "skipped_without_text": skipped}
-    store.update_job(job.id, status="succeeded", finished_at=now(), progress={**progress, "phase": "done", **result})
+    store.update_job(job.id, status=JobStatus.SUCCEEDED, finished_at=now(), progress={**progress, "phase": "done", **result})
     return result

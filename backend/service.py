@@ -12,22 +12,22 @@ import time
 from pathlib import Path
 
 from annotation_config.catalog import load_catalog
-from backend.annotations import NotGold, gold_label
 from backend.background import Background
 from backend.errors import ApiError
 from backend.jobs import JobRunner
-from backend.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
-from backend.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
+from backend.ls_sync import LabelStudioSync
 from backend.metrics import Metrics
-from backend.models import LLM, ModelManager
-from backend.preannotate import KIND as PREANNOTATE, preannotate
-from backend.settings import Settings
-from backend.store import Store, now
+from backend.models import ModelManager
+from backend.preannotate import preannotate
+from core.annotations import NotGold, gold_label
+from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
+from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
+from core.settings import Settings
+from core.store import Store, now
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
-MODEL_VERSION_WAIT_SECONDS = 30.0
 REGISTRY_POLL_SECONDS = 2.0
 
 
@@ -62,10 +62,7 @@ class Service:
         self.metrics = Metrics(self.snapshot)
         self.background = Background(threads=2)
         self.models = ModelManager(self.store, self.catalog, self._initial_space(), settings)
-        self._ls_client: LabelStudioClient | None = None
-        self._ls_from_setup: tuple[str, str] | None = None  # (hostname, access_token) kept in memory only
-        self._last_served: dict[int, str] = {}
-        self._lock = threading.Lock()
+        self.label_studio = LabelStudioSync(settings, self.store, self.background, self._remember_config, self._labels_changed)
         self.started_at = time.time()
         self.jobs = JobRunner(settings, self.store, self._job_finished) if settings.base_model else None
 
@@ -78,8 +75,8 @@ class Service:
         if self.settings.base_model:
             threading.Thread(target=self._load_llm_then_train, name="load-llm", daemon=True).start()
         if self.settings.reconcile_seconds > 0:
-            self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
-        for job in self.store.jobs(kind=PREANNOTATE, status=["queued", "running"]):
+            self.background.submit("reconcile-all", self.label_studio.reconcile_all_periodically, delay=self.settings.reconcile_seconds)
+        for job in self.store.jobs(kind=JobKind.PREANNOTATE, status=UNFINISHED):
             self.background.submit(f"preannotate-{job.project_id}", lambda job_id=job.id: self._run_preannotation(job_id))
 
     def stop(self) -> None:
@@ -120,9 +117,7 @@ class Service:
             self._remember_config(project_id, space, schema)
         elif project_id is not None:
             self.store.remember_project(project_id)
-        hostname, token = body.get("hostname"), body.get("access_token")
-        if isinstance(hostname, str) and hostname.startswith("http") and isinstance(token, str) and token:
-            self._ls_from_setup = (hostname, token)
+        self.label_studio.remember_credentials(body.get("hostname"), body.get("access_token"))
         return {"model_version": self.models.serving_version or self._pending_version()}
 
     def _pending_version(self) -> str:
@@ -174,37 +169,8 @@ class Service:
         self.metrics.predictions.labels(version).inc(len(predictions))
         self.metrics.truncated.inc(sum(p.truncated for p in predictions))
         if project_id is not None and rows:
-            self._point_project_at(project_id, version)
+            self.label_studio.point_project_at(project_id, version)
         return {"results": results}
-
-    def _point_project_at(self, project_id: int, version: str) -> None:
-        """Label Studio sorts and samples on project.model_version, which it accepts only once predictions of
-        that version exist, i.e. after this /predict answer is stored: so do it in the background."""
-        self._last_served[project_id] = version
-        known = {p["project_id"]: p["model_version"] for p in self.store.projects()}
-        if known.get(project_id) != version and self.ls_client() is not None:
-            self.background.submit(f"model-version-{project_id}", lambda: self.sync_model_version(project_id), delay=0.5)
-
-    def sync_model_version(self, project_id: int) -> bool:
-        version = self._last_served.get(project_id)
-        client = self.ls_client()
-        if version is None or client is None:
-            return False
-        deadline = time.monotonic() + MODEL_VERSION_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                if client.model_versions(project_id).get(version):
-                    client.set_model_version(project_id, version)
-                    self.store.set_project_model_version(project_id, version)
-                    log.info("project %d now sorts and samples on model version %s", project_id, version)
-                    return True
-            except (LabelStudioUnavailable, LabelStudioRejected) as exc:
-                log.warning("could not set model_version of project %d to %s: %s", project_id, version, exc)
-                return False
-            time.sleep(0.5)
-        log.warning("predictions of %s did not appear in project %d within %.0f s; model_version left unchanged",
-                    version, project_id, MODEL_VERSION_WAIT_SECONDS)
-        return False
 
     # -- annotators answer ----------------------------------------------------------------------------------
     def webhook(self, body: dict) -> dict:
@@ -289,18 +255,18 @@ class Service:
     def _job_finished(self, job) -> None:
         """A promotion is hot-swapped right away (the registry watcher would find it within seconds too), then
         every known project is pre-annotated again with the new version."""
-        if job.status == "promoted":
+        if job.status == JobStatus.PROMOTED:
             self._follow_registry(reschedule=False)
-            if self.ls_client() is not None:
+            if self.label_studio.client() is not None:
                 for project in self.store.projects():
                     self.request_preannotation(project["project_id"], f"{job.version} was promoted")
         self._maybe_queue_training()
 
     # -- every waiting ticket carries a suggestion ----------------------------------------------------------
     def request_preannotation(self, project_id: int, reason: str) -> dict:
-        if self.ls_client() is None:
+        if self.label_studio.client() is None:
             raise ApiError(409, "pre-annotation pushes predictions into Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        job, created = self.store.request_job(PREANNOTATE, reason, project_id, per_project=True)
+        job, created = self.store.request_job(JobKind.PREANNOTATE, reason, project_id, per_project=True)
         self.background.submit(f"preannotate-{project_id}", lambda: self._run_preannotation(job.id))
         return {"job": job.id, "status": job.status, "created": created}
 
@@ -309,16 +275,16 @@ class Service:
         if job is None or job.finished:
             return
         try:
-            result = preannotate(self, job)
+            result = preannotate(job, self.store, self.label_studio.client(), self.models)
             log.info("project %d pre-annotated: %s", job.project_id, result)
         except Exception as exc:
             log.exception("pre-annotating project %s failed; run it again to resume", job.project_id)
-            self.store.update_job(job_id, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+            self.store.update_job(job_id, status=JobStatus.FAILED, finished_at=now(), error=f"{type(exc).__name__}: {exc}")
 
     def _follow_registry(self, reschedule: bool = True) -> None:
         """Serve whatever the registry says serves: a promotion by a training job, or a rollback from the CLI."""
         try:
-            wanted = self.store.serving_version(LLM)
+            wanted = self.store.serving_version(ModelKind.LLM)
             if wanted is not None and self.models.llm_state.get("state") == "ready" and self.models.llm_version != wanted.name:
                 self.models.activate_llm(wanted)
         except Exception:
@@ -335,7 +301,7 @@ class Service:
         self.store.remember_project(project_id)
 
         def reconcile_then_train():
-            self.reconcile(project_id)
+            self.label_studio.reconcile(project_id)
             if self.jobs is not None:
                 self.jobs.request("START_TRAINING from Label Studio", project_id)
         self.background.submit(f"reconcile-{project_id}", reconcile_then_train)
@@ -345,71 +311,9 @@ class Service:
             answer["training"] = "no LLM configured: the instant model refits from the pulled labels"
         return answer
 
-    # -- the store follows Label Studio ---------------------------------------------------------------------
-    def ls_client(self) -> LabelStudioClient | None:
-        with self._lock:
-            if self._ls_client is None:
-                limits = {"timeout": self.settings.label_studio_timeout, "attempts": self.settings.label_studio_attempts}
-                if self.settings.label_studio_url and self.settings.label_studio_api_key:
-                    self._ls_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key, **limits)
-                elif self._ls_from_setup:
-                    self._ls_client = LabelStudioClient(*self._ls_from_setup, **limits)
-            return self._ls_client
-
-    def reconcile(self, project_id: int) -> dict:
-        """Make the store equal Label Studio's annotations of a project: recovers lost webhooks. All pages are
-        read before anything is written, so a failing Label Studio leaves the store as it was."""
-        client = self.ls_client()
-        if client is None:
-            log.warning("cannot pull project %d: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", project_id)
-            return {"error": "no Label Studio connection configured"}
-        started = now()
-        try:
-            project = client.project(project_id)
-            tasks = client.annotated_tasks(project_id)
-        except (LabelStudioUnavailable, LabelStudioRejected) as exc:
-            log.error("reconcile of project %d failed, store unchanged: %s", project_id, exc)
-            return {"error": str(exc)}
-        try:
-            space = parse_label_config(project["label_config"])
-        except LabelConfigError as exc:
-            log.error("reconcile of project %d: unusable labeling config: %s", project_id, exc)
-            return {"error": str(exc)}
-        self._remember_config(project_id, space, project["label_config"])
-        labels, cancelled, invalid = [], set(), 0
-        shown = {p["task_id"]: p for p in self.store.predictions(project_id=project_id)}
-        for task in tasks:
-            for annotation in task["annotations"]:
-                try:
-                    label = gold_label(annotation, task, space, project_id, "pull", self.settings.max_text_chars)
-                except AnnotationError as exc:
-                    invalid += 1
-                    log.warning("project %d annotation %s is not a usable label: %s", project_id, annotation.get("id"), exc)
-                    continue
-                if isinstance(label, NotGold):
-                    cancelled.add(label.annotation_id)
-                    continue
-                if label.shown_department is None and task["id"] in shown:
-                    p = shown[task["id"]]
-                    label.shown_model_version, label.shown_department, label.shown_score = p["model_version"], p["department"], p["score"]
-                labels.append(label)
-        counts = self.store.reconcile_project(project_id, labels, cancelled, pulled_since=started)
-        counts["invalid"] = invalid
-        log.info("reconciled project %d with Label Studio: %s", project_id, counts)
-        if counts["created"] or counts["updated"] or counts["removed"]:
-            self._labels_changed()
-        return counts
-
-    def _reconcile_all_periodically(self) -> None:
-        try:
-            for project in self.store.projects():
-                self.reconcile(project["project_id"])
-        finally:
-            self.background.submit("reconcile-all", self._reconcile_all_periodically, delay=self.settings.reconcile_seconds)
-
     # -- what people ask ------------------------------------------------------------------------------------
     def convergence(self) -> dict:
-        from backend.convergence import convergence_report
+        from tools.convergence import convergence_report
 
         return convergence_report(self.store)
 
@@ -430,7 +334,7 @@ class Service:
     def snapshot(self) -> dict:
         stats = self.store.label_stats()
         evaluated = {}
-        for kind in ("instant", "llm"):
+        for kind in ModelKind:
             version = self.store.serving_version(kind)
             if version is not None:
                 evaluated[kind] = {"name": version.name, "metrics": version.metrics}
@@ -442,7 +346,7 @@ class Service:
             "serving_version": self.models.serving_version,
             "evaluated": evaluated,
             "jobs": jobs,
-            "running": [j.to_dict() for j in self.store.jobs(status=["running"], limit=10)],
+            "running": [j.to_dict() for j in self.store.jobs(status=[JobStatus.RUNNING], limit=10)],
         }
 
     def status(self) -> dict:

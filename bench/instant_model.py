@@ -4,7 +4,8 @@
 
 Both see the same stratified 80 % as gold labels and are scored on the same 20 %. The instant model goes through
 the product's own path: the labels enter a label store (which freezes a fifth of them as its evaluation split),
-the ModelManager picks the method on that split and refits it on every label, exactly as in the service.
+the method is picked on that split and refitted on every label (``learning.instant_model.fit_on_labels``), exactly as
+in the service.
 """
 from __future__ import annotations
 
@@ -17,12 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from annotation_config.catalog import Catalog, Department
-from annotation_config.labeling_config import render_labeling_config
-from backend.classifier import summarize
-from backend.labeling import parse_label_config
-from backend.models import ModelManager
-from backend.settings import Settings
-from backend.store import Label, Store
+from core.classifier import summarize
+from core.store import Label, Store
+from learning.instant_model import fit_on_labels
 
 
 def load(path: Path, min_per_label: int) -> tuple[list[str], list[str]]:
@@ -42,19 +40,16 @@ def baseline(train_x, train_y, test_x):
 
 def instant(train_x, train_y, test_x, departments):
     catalog = Catalog(title="units", departments=tuple(Department(name=d) for d in departments))
-    space = parse_label_config(render_labeling_config(catalog))
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "store.sqlite3")
         for i, (text, label) in enumerate(zip(train_x, train_y), start=1):
             store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=label))
-        manager = ModelManager(store, catalog, space, Settings())
         started = time.perf_counter()
-        clf = manager.refit_instant()
+        clf, metrics = fit_on_labels("bench", catalog.names, store.labels(), catalog.seed_texts())
         fit_seconds = time.perf_counter() - started
-        version = store.get_version(clf.version)
         predicted = [p.department for p in summarize(clf.predict_proba(test_x), clf.departments, k=1)]
         return predicted, {"method": clf.method, "fit_seconds": round(fit_seconds, 2),
-                           "store_split": {"train": version.data["train_labels"], "eval": version.metrics["n"]}}
+                           "store_split": {"train": metrics["train_labels"], "eval": metrics["n"]}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scorer.predict_proba(tickets[:32])  # warm-up: prefix cache, kernels
     results = []
-    for name, run in [
+    for _name, run in [
         ("seed", lambda: seed_method(engine, template, tickets[: args.seed_tickets])),
         ("naive", lambda: naive_method(engine, template, tickets[: args.seed_tickets]) if args.tiny else None),
         ("b1", lambda: ours(scorer, tickets[: args.b1_tickets], 1)),
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile_b1(scorer, tickets[:5], args.profile)
     seed_rate = results[0]["tickets_per_s"]
-    print(f"\n| method | tickets/s | x seed | p50 s | p95 s | peak alloc GiB |\n|---|---|---|---|---|---|")
+    print("\n| method | tickets/s | x seed | p50 s | p95 s | peak alloc GiB |\n|---|---|---|---|---|---|")
     for r in results:
         if "tickets_per_s" in r:
             print(f"| {r['method']} | {r['tickets_per_s']} | {r['tickets_per_s'] / seed_rate:.1f} | {r['p50_latency_s']} | "

@@ -96,8 +96,9 @@ def start_backend(work: Path, port: int):
            "BASE_MODEL": str(save_tiny_model(work / "tiny")), "TRAINING_DEVICE": "cpu", "TRAIN_EVERY_N_LABELS": "0",
            "RECONCILE_SECONDS": "0", "TRAIN_EPOCHS": "50", "TRAIN_MICRO_BATCH": "4", "TRAIN_GRAD_ACCUMULATION": "1",
            "PREDICT_BATCH_SIZE": "32", "LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "backend"], env=env, stdout=open(work / "backend.log", "wb"),
-                               stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    with open(work / "backend.log", "wb") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([sys.executable, "-m", "backend"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -163,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the load script only drives a backend on this machine (127.0.0.1)", file=sys.stderr)
         return 2
 
-    from backend.demo import stop_process
-    from backend.local_label_studio import free_port
-    from backend.store import Store
+    from core.store import Store
+    from tools.demo import stop_process
+    from tools.local_label_studio import free_port
 
     work = Path(tempfile.mkdtemp(prefix="load-"))
     process = None

@@ -29,9 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from annotation_config.catalog import DEFAULT_LABELING_CONFIG, load_catalog
-from backend.settings import Settings
-from backend.store import Label, Store
-from training.config import TrainingConfig
+from core.jobs import JobKind, ModelKind, launch_worker
+from core.settings import Settings, TrainingConfig
+from core.store import Label, Store
 
 PADDED_LENGTH = 896
 
@@ -78,14 +78,12 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
     for i, (text, department) in enumerate(labels, start=first_id):
         store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=department))
     store.set_label_space(DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)
-    if store.serving_version("llm") is None:
-        store.add_version("llm-base", "llm", status="serving", data={"base_model": base_model})
+    if store.serving_version(ModelKind.LLM) is None:
+        store.add_version("llm-base", ModelKind.LLM, status="serving", data={"base_model": base_model})
     env = {**os.environ, **settings.to_env(), **config.to_env()}
     started = time.perf_counter()
-    job, _ = store.request_job("train", "benchmark trigger")
-    with open(work / f"{name}.log", "wb") as log:
-        subprocess.run([sys.executable, "-m", "training.round", "--job", str(job.id)], env=env, stdout=log,
-                       stderr=subprocess.STDOUT, check=False)
+    job, _ = store.request_job(JobKind.TRAIN, "benchmark trigger")
+    launch_worker("training.round", ["--job", str(job.id)], env, work / f"{name}.log", die_with_parent=False).wait()
     wall = time.perf_counter() - started
     job = store.get_job(job.id)
     version = store.get_version(job.version) if job.version else None
@@ -111,11 +109,10 @@ def run_original(base_model: str, work: Path, micro_batch: int = 2, grad_accumul
     name = "original" if (micro_batch, grad_accumulation) == (2, 8) else f"original-{micro_batch}x{grad_accumulation}"
     result = work / f"{name}.json"
     started = time.perf_counter()
-    with open(work / f"{name}.log", "wb") as log:
-        subprocess.run([sys.executable, "-m", "bench.training_round", "--original-worker", "--model", base_model,
-                        "--labels-file", str(labels_file), "--result", str(result), "--micro-batch", str(micro_batch),
-                        "--grad-accumulation", str(grad_accumulation)], stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+    launch_worker("bench.training_round", ["--original-worker", "--model", base_model, "--labels-file", str(labels_file),
+                                           "--result", str(result), "--micro-batch", str(micro_batch),
+                                           "--grad-accumulation", str(grad_accumulation)],
+                  os.environ, work / f"{name}.log", die_with_parent=False).wait()
     stats = json.loads(result.read_text()) if result.exists() else {"error": f"the original-recipe worker failed; see {name}.log"}
     return {"recipe": f"original: whole-prompt loss, padded to 896, micro-batch {micro_batch} x {grad_accumulation}",
             "process_seconds": round(time.perf_counter() - started, 1), **stats}

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from backend.app import create_app
-from backend.settings import Settings
+from core.settings import Settings
+from core.store import Store
+from tools import local_label_studio
+from tools.demo import start_backend as launch_backend
+from tools.demo import stop_process
 
 
 @pytest.fixture
@@ -31,16 +41,7 @@ def service(app):
 
 
 # -- real processes: Label Studio 1.23.2 and the backend, talking HTTP -------------------------------------------
-import os
-import signal
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
-from backend import local_label_studio
-from backend.demo import start_backend as launch_backend
-from backend.demo import stop_process
-from backend.store import Store
 
 
 @pytest.fixture(scope="session")

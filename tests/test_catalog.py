@@ -1,14 +1,12 @@
 """The department catalog and the labeling config generated from it."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from annotation_config.__main__ import main as regenerate
 from annotation_config.catalog import DEFAULT_LABELING_CONFIG, CatalogError, load_catalog
 from annotation_config.labeling_config import render_labeling_config
-from backend.labeling import parse_label_config
+from core.labeling import parse_label_config
 
 
 def test_shipped_catalog_and_config_agree():

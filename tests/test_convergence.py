@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-from backend.convergence import convergence_report
-from backend.store import Store
+from core.store import Store
 from tests.helpers import repo_root
+from tools.convergence import convergence_report
 
 
 def add(store, name, labels, f1, kind="instant"):

@@ -1,9 +1,8 @@
 """The README's configuration table is the settings objects' own description, so it cannot drift from the code."""
 from __future__ import annotations
 
-from backend.settings import Settings
+from core.settings import Settings, TrainingConfig
 from tests.helpers import repo_root
-from training.config import TrainingConfig
 
 
 def test_every_setting_is_documented_in_the_readme_as_the_code_describes_it():

@@ -8,7 +8,8 @@ import requests
 from label_studio_sdk import LabelStudio
 
 from tests.helpers import LABEL_CONFIG, SAMPLES, choice, wait_until
-from tests.test_training import CONFIG as FOUR_DEPARTMENTS, FAST_TRAINING, tickets
+from tests.test_training import CONFIG as FOUR_DEPARTMENTS
+from tests.test_training import FAST_TRAINING, tickets
 from training.tiny_model import save_tiny_model
 
 pytestmark = pytest.mark.e2e

@@ -4,15 +4,15 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 from datasets import load_from_disk
 
-from backend.export import compare_with_label_studio, export_gold, main, select_labels
-from backend.store import Label, Store
+from core.store import Label, Store
 from tests.helpers import LABEL_CONFIG, choice
+from tools.export import compare_with_label_studio, export_gold, main, select_labels
 
 PLACES = ("幸福里小区", "城南花园", "滨江一号", "翠湖苑", "金桥新村", "阳光水岸", "锦绣家园", "东湖名邸", "梧桐苑", "长安里")
 ISSUES = {
@@ -137,7 +137,7 @@ def test_filters_by_project_date_range_and_annotator(tmp_path):
     assert ids(since="2025-02-01", until="2025-02-28") == [2]  # a bare until date includes its whole day
     assert ids(since="2025-01-15T10:00:00+00:00", until="2025-03-01T00:00:00Z") == [1, 2]
     assert ids(since="2025-03-01T08:00:00+08:00") == [3, 4]  # midnight UTC: zones are respected
-    assert ids(since=(datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()) == [4]
+    assert ids(since=(datetime.now(UTC) - timedelta(days=1)).date().isoformat()) == [4]
     assert ids(annotators={"9"}) == [2]
     assert ids(annotators={"7"}, project=1) == [1, 4]
     with pytest.raises(ValueError, match="ISO date"):

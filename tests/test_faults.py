@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from flask import Flask, jsonify, request as flask_request
+from flask import Flask, jsonify
+from flask import request as flask_request
 from label_studio_sdk import LabelStudio
 from werkzeug.serving import make_server
 
 from backend.app import create_app
-from backend.store import Label
+from core.store import Label
 from tests.helpers import LABEL_CONFIG, SAMPLES, annotation_event, choice, repo_root, wait_until
-from tests.test_training import CONFIG as FOUR_DEPARTMENTS, FAST_TRAINING, tickets
+from tests.test_training import CONFIG as FOUR_DEPARTMENTS
+from tests.test_training import FAST_TRAINING, tickets
 from training.tiny_model import save_tiny_model
 
 
@@ -76,7 +78,7 @@ def test_a_pull_that_fails_half_way_changes_nothing(settings, caplog):
     service = app.extensions["service"]
     before = seed_labels(service.store)
     with caplog.at_level(logging.WARNING):
-        result = service.reconcile(1)
+        result = service.label_studio.reconcile(1)
     assert "failed 2 times" in result["error"] and "HTTP 500" in result["error"]
     assert [(l.annotation_id, l.department) for l in service.store.labels()] == before  # page 1 was not applied
     assert "attempt 1/2 failed" in caplog.text and "store unchanged" in caplog.text
@@ -98,7 +100,7 @@ def test_label_studio_down_or_frozen_gives_bounded_retries_and_no_change(setting
         service = app.extensions["service"]
         before = seed_labels(service.store)
         with caplog.at_level(logging.WARNING):
-            result = service.reconcile(1)
+            result = service.label_studio.reconcile(1)
         assert "failed 3 times" in result["error"]
         assert [(l.annotation_id, l.department) for l in service.store.labels()] == before
         response = post(app.test_client(), "/webhook", {"action": "START_TRAINING", "project": {"id": 1}})
@@ -141,7 +143,7 @@ def test_an_unwritable_model_dir_stops_the_service_at_start_with_a_reason(tmp_pa
 def test_an_adapter_that_cannot_be_saved_fails_the_job_and_the_old_version_keeps_serving(tmp_path, monkeypatch):
     for key, value in {**FAST_TRAINING, "TRAIN_EPOCHS": "1"}.items():
         monkeypatch.setenv(key, value)
-    from backend.settings import Settings
+    from core.settings import Settings
 
     settings = Settings(model_dir=tmp_path / "model", base_model=str(save_tiny_model(tmp_path / "tiny")), reconcile_seconds=0,
                         instant_refit_seconds=0, train_every_n_labels=0, training_device="cpu")
@@ -245,7 +247,7 @@ def test_secrets_from_label_studio_are_neither_stored_nor_logged(client, service
 
 def test_version_names_and_adapter_paths_cannot_leave_model_dir(settings, tmp_path):
     from backend.models import ModelManager
-    from backend.store import Store
+    from core.store import Store
 
     store = Store(settings.store_path)
     for name in ("../../etc", "lora/../../x", "", "a" * 65, "lora 1"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from annotation_config.catalog import load_catalog
-from backend.classifier import summarize
-from backend.evaluation import classification_report
-from backend.instant_model import LinearSvmClassifier, PrototypeClassifier, fit_instant_model
+from core.classifier import summarize
+from core.evaluation import classification_report
+from learning.instant_model import LinearSvmClassifier, PrototypeClassifier, fit_instant_model
 from tests.helpers import SAMPLES
 
 CATALOG = load_catalog()

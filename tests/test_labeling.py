@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.labeling import AnnotationError, LabelConfigError, parse_label_config
+from core.labeling import AnnotationError, LabelConfigError, parse_label_config
 from tests.helpers import LABEL_CONFIG, choice
 
 

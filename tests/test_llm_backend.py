@@ -1,15 +1,19 @@
 """The LLM plugs into the backend: BASE_MODEL serves it, concurrent calls are batched, failures fall back."""
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backend.app import create_app
 from backend.batching import BatchingClassifier
-from backend.classifier import Distribution
+from core.classifier import Distribution
+from core.jobs import ModelKind
 from tests.helpers import SAMPLES, predict_body, wait_until
 from training.loading import TokenizerBroken, check_tokenizer
 from training.tiny_model import build_tokenizer, save_tiny_model
@@ -36,6 +40,36 @@ def test_with_base_model_set_the_llm_answers_predict(settings, tiny_model_dir):
     assert all(0 < r["score"] <= 1 for r in results)
     assert client.get("/status").get_json()["llm"]["state"] == "ready"
     assert post(client, "/setup", {"project": "1.1"}).get_json()["model_version"] == "llm-base"
+    service.stop()
+
+
+def resident_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_ten_hot_swaps_leave_no_thread_and_no_memory_behind(settings, tiny_model_dir):
+    app = create_app(settings.replace(base_model=str(tiny_model_dir), predict_batch_size=4))
+    service, client = app.extensions["service"], app.test_client()
+    wait_until(lambda: service.models.llm_state["state"] == "ready", timeout=120, what="the LLM to load")
+    version = service.store.serving_version(ModelKind.LLM)
+    body = predict_body([s["text"] for s in SAMPLES[:4]])
+    scorers = []
+
+    def swap_and_predict():
+        service.models.activate_llm(version)  # a promotion or a rollback: a new scorer, its own batching thread
+        assert post(client, "/predict", body).status_code == 200
+        scorers.append(weakref.ref(service.models.serving().inner))
+
+    for _ in range(3):  # allocator and caches warm
+        swap_and_predict()
+    threads, memory = threading.active_count(), resident_mib()
+    for _ in range(10):
+        swap_and_predict()
+    wait_until(lambda: threading.active_count() <= threads, timeout=10, what=f"the thread count to fall back to {threads}")
+    gc.collect()
+    assert [ref() is not None for ref in scorers] == [False] * (len(scorers) - 1) + [True]  # only the serving one lives
+    assert resident_mib() - memory < 64
     service.stop()
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from annotation_config.catalog import Catalog, CatalogError, parse_catalog
 from backend.app import create_app
-from backend.labeling import LabelConfigError, LabelSpace, parse_label_config
-from backend.settings import Settings
+from core.labeling import LabelConfigError, LabelSpace, parse_label_config
+from core.settings import Settings
 from tests.helpers import LABEL_CONFIG, SAMPLES, annotation_event, choice
 
 DEPARTMENTS = parse_label_config(LABEL_CONFIG).departments
@@ -97,7 +99,7 @@ def test_predict_answers_every_task_in_order_or_refuses(app, tasks, config, proj
     if response.status_code == 200:
         results = response.get_json()["results"]
         assert len(results) == len(tasks)
-        for task, item in zip(tasks, results):
+        for item in results:
             if "result" in item:
                 assert item["result"][0]["value"]["choices"][0] in DEPARTMENTS and 0 <= item["score"] <= 1
             else:

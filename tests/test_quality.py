@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.quality import main, quality_report, write_report
-from backend.store import Label, Store
+from core.store import Label, Store
+from tools.quality import main, quality_report, write_report
 
 DEPARTMENTS = ("市自来水公司", "市交通警察支队", "市教育局")
 PLACES = ("幸福里小区", "城南花园", "滨江一号", "翠湖苑", "金桥新村", "阳光水岸", "锦绣家园", "东湖名邸", "梧桐苑",

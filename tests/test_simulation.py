@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from backend.simulation import CurvePoint, compare_to_random, main, mean_curves
+from tools.simulation import CurvePoint, compare_to_random, main, mean_curves
 
 KEYWORDS = {
     "上海市水务局": ["自来水", "停水", "水压低", "水管漏水"],

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from backend.store import Label, Store, now, text_key
+from core.jobs import JobStatus
+from core.store import Label, Store, now, text_key
 
 
 def label(annotation_id: int, department: str = "市公安局", text: str | None = None, updated_at: str = "2026-01-01T00:00:00Z",
@@ -84,9 +85,9 @@ def test_jobs_coalesce_while_one_is_active(tmp_path):
     job, created = store.request_job("train", "threshold")
     again, created_again = store.request_job("train", "START_TRAINING")
     assert created and not created_again and again.id == job.id
-    store.update_job(job.id, status="succeeded")  # trained, the gate still running: not finished yet
+    store.update_job(job.id, status=JobStatus.EVALUATING)  # trained, the gate still running: not finished yet
     assert not store.request_job("train", "threshold")[1]
-    store.update_job(job.id, status="promoted", finished_at=now())
+    store.update_job(job.id, status=JobStatus.PROMOTED, finished_at=now())
     _, created_after = store.request_job("train", "threshold")
     assert created_after
     first, _ = store.request_job("preannotate", "promoted", project_id=1, per_project=True)

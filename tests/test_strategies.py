@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.strategies import STRATEGIES, ClassBalanced, Entropy, LeastConfidence, Margin, Random, strategy
+from learning.strategies import STRATEGIES, ClassBalanced, Entropy, LeastConfidence, Margin, Random, strategy
 
 SURE = [0.9, 0.05, 0.05]
 SPREAD = [0.4, 0.35, 0.25]

@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from backend.app import create_app
-from backend.settings import Settings
+from core.settings import Settings
 from tests.helpers import annotation_event, repo_root, wait_until
 from training.tiny_model import save_tiny_model
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from backend.classifier import Distribution
+from core.classifier import Distribution
 from training.prompt import PromptTemplate
 
 log = logging.getLogger(__name__)

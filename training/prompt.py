@@ -16,8 +16,8 @@ sees exactly the token sequence training taught: ``think close + department + eo
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 INSTRUCTION = (
     "以下是描述任务的指令，以及提供进一步上下文的输入。\n"
@@ -94,10 +94,3 @@ class PromptTemplate:
         thought = self._ids(rationale.strip())[: max(room, 0)] if rationale and rationale.strip() else []
         answer = thought + answer_tail
         return Encoded(input_ids=head + answer, labels=[-100] * len(head) + answer, truncated=truncated)
-
-    def render(self, ticket: str, department: str | None = None, rationale: str | None = None) -> str:
-        """The prompt as text, for people reading logs and exports (the ids above are what models see)."""
-        text = INSTRUCTION.format(departments=DEPARTMENT_SEPARATOR.join(self.departments)) + ticket + RESPONSE_OPEN
-        if department is not None:
-            text += (rationale.strip() if rationale else "") + THINK_CLOSE + department
-        return text

@@ -26,13 +26,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from backend.settings import Settings
-from backend.store import Store, StoredLabel, now
-from training.config import TrainingConfig
+from core.jobs import JobStatus, ModelKind
+from core.settings import Settings, TrainingConfig
+from core.store import Store, StoredLabel, now
 
 log = logging.getLogger("training.round")
-
-LLM = "llm"
 
 
 # -- 2. data ----------------------------------------------------------------------------------------------------
@@ -219,21 +217,16 @@ def save_adapter(model, versions_dir: Path, name: str, metadata: dict) -> Path:
 
 
 def next_version_name(store: Store) -> str:
-    numbers = [int(v.name.split("-")[1]) for v in store.versions(LLM) if v.name.startswith("lora-") and v.name.split("-")[1].isdigit()]
+    numbers = [int(v.name.split("-")[1]) for v in store.versions(ModelKind.LLM) if v.name.startswith("lora-") and v.name.split("-")[1].isdigit()]
     return f"lora-{max(numbers, default=0) + 1}"
 
 
 # -- 6. gate ----------------------------------------------------------------------------------------------------
 def evaluate(engine, adapter: str | None, name: str, departments, held_out, batch_size: int) -> dict:
-    from backend.classifier import summarize
-    from backend.evaluation import classification_report
+    from core.evaluation import evaluate as report
     from training.llm_scorer import LlmScorer
 
-    if not held_out:
-        return classification_report([], [])
-    scorer = LlmScorer(engine, name, departments, batch_size=batch_size, adapter=adapter)
-    predicted = [p.department for p in summarize(scorer.predict_proba([l.text for l in held_out]), departments, k=1)]
-    return classification_report([l.department for l in held_out], predicted)
+    return report(LlmScorer(engine, name, departments, batch_size=batch_size, adapter=adapter), held_out)
 
 
 def gate(candidate: dict, serving: dict, tolerance: float) -> tuple[bool, str]:
@@ -248,25 +241,25 @@ def gate(candidate: dict, serving: dict, tolerance: float) -> tuple[bool, str]:
 # -- the round --------------------------------------------------------------------------------------------------
 def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     """Returns the job's final status: promoted, rejected or succeeded (nothing new to learn)."""
-    from backend.labeling import parse_label_config
+    from core.labeling import parse_label_config
     from training.loading import load_model, resolve_device
 
     store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
     # 1. claim the job
     seq = store.label_seq()
-    store.update_job(job_id, status="running", started_at=now(), pid=os.getpid(), label_seq=seq,
+    store.update_job(job_id, status=JobStatus.RUNNING, started_at=now(), pid=os.getpid(), label_seq=seq,
                      progress={"phase": "preparing"})
     departments = store.departments() or parse_label_config(Path(settings.labeling_config).read_text(encoding="utf-8")).departments
-    parent = store.serving_version(LLM)
+    parent = store.serving_version(ModelKind.LLM)
 
     # 2. choose the data
     new, replay, held_out = choose_data(store, departments, (parent.data.get("label_seq", 0) if parent else 0), config)
     log.info("job %d: %d new labels, %d replayed, %d held out for the gate; parent %s", job_id, len(new), len(replay),
              len(held_out), parent.name if parent else "base model")
     if not new:
-        store.update_job(job_id, status="succeeded", finished_at=now(), progress={"phase": "done"},
+        store.update_job(job_id, status=JobStatus.SUCCEEDED, finished_at=now(), progress={"phase": "done"},
                          error="no new gold labels since the serving version: nothing to train")
-        return "succeeded"
+        return JobStatus.SUCCEEDED
 
     # 3. load the model
     cuda = resolve_device(settings.training_device) == "cuda"
@@ -294,10 +287,10 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
                 "replay_labels": len(replay), **stats,
                 "config": {k: v for k, v in config.to_env().items()}}
     path = save_adapter(model, settings.versions_dir, name, metadata)
-    store.add_version(name, LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)
+    store.add_version(name, ModelKind.LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)
 
     # 6. gate: both versions on the same frozen split
-    store.update_job(job_id, status="succeeded", version=name, progress={"phase": "evaluating", "step": stats["steps"],
+    store.update_job(job_id, status=JobStatus.EVALUATING, version=name, progress={"phase": "evaluating", "step": stats["steps"],
                                                                          "total_steps": stats["steps"]})
     from training.llm_scorer import LlmEngine
 
@@ -322,7 +315,7 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
         store.promote_version(name)
     else:
         store.update_version(name, status="rejected")
-    status = "promoted" if promote else "rejected"
+    status = JobStatus.PROMOTED if promote else JobStatus.REJECTED
     store.update_job(job_id, status=status, finished_at=now(), progress={"phase": "done", "step": stats["steps"],
                                                                          "total_steps": stats["steps"]})
     log.info("job %d: %s %s (%s)", job_id, name, status, reason)
@@ -341,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         run_round(args.job, settings, config)
     except Exception as exc:
         log.exception("job %d failed", args.job)
-        Store(settings.store_path).update_job(args.job, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+        Store(settings.store_path).update_job(args.job, status=JobStatus.FAILED, finished_at=now(), error=f"{type(exc).__name__}: {exc}")
         return 1
     return 0
 

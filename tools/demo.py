@@ -19,8 +19,8 @@ from pathlib import Path
 import requests
 
 from annotation_config.catalog import SAMPLE_TICKETS
-from backend import local_label_studio
-from backend.settings import Settings
+from core.settings import Settings
+from tools import local_label_studio
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def start_backend(settings: Settings, model_dir: Path, port: int, ls: local_labe
     env = {**os.environ, "MODEL_DIR": str(model_dir), "PORT": str(port), "HOST": "127.0.0.1",
            "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "LOG_LEVEL": settings.log_level,
            **(extra_env or {})}
-    out = open(log_path, "ab")
-    process = subprocess.Popen([sys.executable, "-m", "backend", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([sys.executable, "-m", "backend", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -8,7 +8,7 @@ remaining pool, and the strategy picks the next step of tickets, whose true labe
 show how many labels each strategy needs for an accuracy; the summary says how many fewer than random order.
 
 The instant model is fitted exactly as the service fits it (a label store that freezes its own selection split,
-``ModelManager.refit_instant``), with only the department names as catalog seeds.
+``learning.instant_model.fit_on_labels``), with only the department names as catalog seeds.
 """
 from __future__ import annotations
 
@@ -16,28 +16,28 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from annotation_config.catalog import Catalog, Department
 from annotation_config.labeling_config import render_labeling_config
-from backend.classifier import Classifier
-from backend.evaluation import classification_report
-from backend.jobs import TRAIN
-from backend.labeling import parse_label_config
-from backend.models import ModelManager
-from backend.settings import Settings, SettingsError
-from backend.store import Label, Store
-from backend.strategies import STRATEGIES, strategy
+from core.classifier import Classifier
+from core.evaluation import classification_report
+from core.jobs import JobKind, JobStatus, ModelKind, launch_worker
+from core.labeling import parse_label_config
+from core.settings import Settings, SettingsError
+from core.store import Label, Store
+from learning.instant_model import fit_on_labels
+from learning.strategies import STRATEGIES, strategy
 
 DEFAULT_STRATEGIES = ("random", "least-confidence", "margin", "entropy", "balanced-margin")
 REFERENCE = "random"
@@ -57,7 +57,7 @@ class Tickets:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def only(self, departments: set[str]) -> "Tickets":
+    def only(self, departments: set[str]) -> Tickets:
         keep = [i for i, label in enumerate(self.labels) if label in departments]
         return Tickets([self.texts[i] for i in keep], [self.labels[i] for i in keep])
 
@@ -105,12 +105,11 @@ class _ThrowawayProject:
     def __init__(self, departments: Sequence[str], settings: Settings):
         self._workdir = tempfile.TemporaryDirectory(prefix="simulation-")
         self.settings = settings.replace(model_dir=Path(self._workdir.name))
-        catalog = Catalog(title="simulation", departments=tuple(Department(name=d) for d in departments))
-        config = render_labeling_config(catalog)
-        space = parse_label_config(config)
+        self.catalog = Catalog(title="simulation", departments=tuple(Department(name=d) for d in departments))
+        config = render_labeling_config(self.catalog)
+        self.space = parse_label_config(config)
         self.store = Store(self.settings.store_path, eval_fraction=self.settings.eval_fraction)
-        self.store.set_label_space(config, space.departments)
-        self.manager = ModelManager(self.store, catalog, space, self.settings)
+        self.store.set_label_space(config, self.space.departments)
         self._annotations = 0
 
     def annotate(self, texts: Sequence[str], labels: Sequence[str]) -> None:
@@ -131,8 +130,11 @@ class InstantModel:
         self._project = _ThrowawayProject(departments, Settings())
 
     def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
-        self._project.annotate(texts, labels)
-        return self._project.manager.refit_instant()
+        project = self._project
+        project.annotate(texts, labels)
+        clf, _ = fit_on_labels(f"simulation-{project.store.label_seq()}", project.space.departments, project.store.labels(),
+                               project.catalog.seed_texts(), project.settings.max_text_chars)
+        return clf
 
     def close(self) -> None:
         self._project.close()
@@ -164,30 +166,36 @@ class LlmModel:
     process loads BASE_MODEL once per replay and hot-swaps to each promoted adapter to score."""
 
     def __init__(self, departments: Sequence[str]):
+        from training.llm_scorer import LlmEngine
+        from training.loading import load_model
+
         self._project = _ThrowawayProject(departments, Settings.from_env())
-        self._project.manager.load_llm()
-        state = self._project.manager.llm_state
-        if state["state"] != "ready":
-            raise RuntimeError(f"BASE_MODEL could not be loaded: {state.get('error')}")
+        settings = self._project.settings
+        model, tokenizer = load_model(settings.base_model, settings.max_seq_length, settings.training_device)
+        self._engine = LlmEngine(model, tokenizer, settings.max_seq_length)
 
     def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
+        from training.llm_scorer import LlmScorer
+
         project = self._project
         project.annotate(texts, labels)
-        job, _ = project.store.request_job(TRAIN, "active-learning simulation")
-        subprocess.run([sys.executable, "-m", "training.round", "--job", str(job.id)], check=False,
-                       env={**os.environ, **project.settings.to_env()}, cwd=Path(__file__).resolve().parent.parent)
+        job, _ = project.store.request_job(JobKind.TRAIN, "active-learning simulation")
+        launch_worker("training.round", ["--job", str(job.id)], {**os.environ, **project.settings.to_env()}).wait()
         job = project.store.get_job(job.id)
-        if job.status == "failed" or job.finished_at is None:
+        if job.status == JobStatus.FAILED or not job.finished:
             raise RuntimeError(f"training round {job.id} failed: {job.error or 'the worker exited without finishing it'}")
-        project.manager.activate_llm(project.store.serving_version("llm"))
-        return project.manager.serving()
+        serving = project.store.serving_version(ModelKind.LLM)
+        if serving.name not in self._engine.adapters():
+            self._engine.load_adapter(serving.path, serving.name)
+        return LlmScorer(self._engine, serving.name, project.space.departments,
+                         batch_size=project.settings.predict_batch_size, adapter=serving.name)
 
     def close(self) -> None:
         self._project.close()
 # ---- end of the GPU-only part ----------------------------------------------------------------------------------
 
 
-MODELS: dict[str, Callable[[Sequence[str]], Learner]] = {"instant": InstantModel, "llm": LlmModel}
+MODELS: dict[str, Callable[[Sequence[str]], Learner]] = {ModelKind.INSTANT: InstantModel, ModelKind.LLM: LlmModel}
 
 
 # -- the replay -------------------------------------------------------------------------------------------------
@@ -232,6 +240,7 @@ def replay(strategy_name: str, seed: int, pool: Tickets, evaluation: Tickets, mo
     new = initial_batch(len(pool), schedule.initial, seed)
     unlabelled = np.setdiff1d(np.arange(len(pool)), new)
     points: list[CurvePoint] = []
+    clf = None
     for count in schedule.checkpoints():
         if points:
             probs = clf.predict_proba([pool.texts[i] for i in unlabelled]).probs
@@ -357,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                "learning_curve.png (accuracy and macro-F1 against labels, mean over seeds) and summary.json\n"
                "(final scores, labels needed to reach random order's final accuracy, saving in percent).")
     parser.add_argument("--train", type=Path, required=True, metavar="PATH", help="labelled JSONL (text, label): the pool annotators label from")
-    parser.add_argument("--eval", type=Path, required=True, metavar="PATH", help="labelled JSONL (text, label) every refit is scored on; never labelled")
+    parser.add_argument("--eval", type=Path, required=True, metavar="PATH",
+                        help="labelled JSONL (text, label) every refit is scored on; never labelled")
     parser.add_argument("--model", choices=sorted(MODELS), default="instant",
                         help="instant: the CPU instant model as the service fits it; llm: a fine-tuning round per "
                              "checkpoint, needs CUDA and BASE_MODEL (default: %(default)s)")

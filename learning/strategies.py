@@ -9,7 +9,8 @@ prediction score, which is our top-1 probability. The others need the whole dist
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

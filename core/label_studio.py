@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,7 +85,7 @@ class LabelStudioClient:
         """Every task of the project with its annotation count, page by page."""
         page = 1
         while True:
-            answer = self._call(f"list tasks of project {project_id} (page {page})", lambda: self._raw(
+            answer = self._call(f"list tasks of project {project_id} (page {page})", lambda page=page: self._raw(
                 "GET", "api/tasks", params={"project": project_id, "page": page, "page_size": page_size, "fields": "task_only"}))
             for task in answer.get("tasks", []):
                 yield {"id": task["id"], "data": task.get("data") or {}, "total_annotations": task.get("total_annotations", 0)}

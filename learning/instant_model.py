@@ -16,11 +16,13 @@ scikit-learn is imported on first fit, so importing the backend stays light.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from backend.classifier import Distribution
+from core.classifier import Distribution
+from core.evaluation import evaluate
+from core.store import StoredLabel
 
 MIN_DF_FROM_DOCS = 200  # below this many documents a char n-gram seen once is still worth keeping
 
@@ -70,7 +72,7 @@ class PrototypeClassifier(_TfidfClassifier):
     temperature = 100.0
     SEED_WEIGHT = 2.0  # the catalog's duties count as much as two average gold tickets
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str], seed_texts: Mapping[str, str]) -> "PrototypeClassifier":
+    def fit(self, texts: Sequence[str], labels: Sequence[str], seed_texts: Mapping[str, str]) -> PrototypeClassifier:
         from sklearn.preprocessing import normalize
 
         index = {d: i for i, d in enumerate(self.departments)}
@@ -98,7 +100,7 @@ class LinearSvmClassifier(_TfidfClassifier):
     method = "svm"
     temperature = 8.0
 
-    def fit(self, texts: Sequence[str], labels: Sequence[str], seed_texts: Mapping[str, str]) -> "LinearSvmClassifier":
+    def fit(self, texts: Sequence[str], labels: Sequence[str], seed_texts: Mapping[str, str]) -> LinearSvmClassifier:
         from sklearn.svm import LinearSVC
 
         index = {d: i for i, d in enumerate(self.departments)}
@@ -146,3 +148,21 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
             best, best_f1 = method, f1 if f1 is not None else -1.0
     report["chosen"] = best.method
     return best(version, departments, max_text_chars).fit(*all_labels, seed_texts), report
+
+
+def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[StoredLabel], seed_texts: Mapping[str, str],
+                  max_text_chars: int = 20_000) -> tuple[_TfidfClassifier, dict]:
+    """The instant model as the service fits it from its label store: the method is chosen on the labels' frozen
+    evaluation split, then refitted on every label of the departments served. Returns (classifier, metrics)."""
+    known = set(departments)
+    labels = [label for label in labels if label.department in known]
+    train = [label for label in labels if label.split == "train"]
+    held_out = [label for label in labels if label.split == "eval"]
+    clf, report = fit_instant_model(
+        version, departments, train=([l.text for l in train], [l.department for l in train]),
+        all_labels=([l.text for l in labels], [l.department for l in labels]),
+        seed_texts={name: text for name, text in seed_texts.items() if name in known},
+        evaluate=lambda candidate: evaluate(candidate, held_out), max_text_chars=max_text_chars)
+    metrics = {**report[clf.method], "method": clf.method, "train_labels": len(train), "labels": len(labels),
+               "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m != "chosen"}}
+    return clf, metrics

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from backend.store import Store
+from core.jobs import ModelKind
+from core.store import Store
 
 FLAT_F1_PER_100_LABELS = 0.01
 STABLE_CHURN = 0.05
@@ -21,7 +22,7 @@ STABLE_CHURN = 0.05
 
 def convergence_report(store: Store) -> dict:
     series = {}
-    for kind in ("instant", "llm"):
+    for kind in ModelKind:
         points = []
         for v in store.versions(kind):
             if v.metrics.get("accuracy") is None:
@@ -30,7 +31,7 @@ def convergence_report(store: Store) -> dict:
                            "eval_n": v.metrics.get("n"), "accuracy": v.metrics["accuracy"], "macro_f1": v.metrics["macro_f1"]})
         series[kind] = points
     churn = _churn(store)
-    slope = _recent_slope(series["instant"])
+    slope = _recent_slope(series[ModelKind.INSTANT])
     return {"series": series, "churn": churn, "instant_macro_f1_per_100_labels": slope, "advice": _advice(slope, churn)}
 
 
@@ -93,7 +94,7 @@ def plot_convergence(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backend.settings import Settings
+    from core.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m backend convergence", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for convergence.json and convergence.png (default: %(default)s)")

@@ -1,13 +1,14 @@
 """The one interface every department model implements, and what the service derives from its output.
 
 A classifier has one job: ticket texts in, a probability distribution over its departments out. The instant
-model (backend/instant_model.py) and the LLM scorer (training/llm_scorer.py) both implement it, so the service,
+model (learning/instant_model.py) and the LLM scorer (training/llm_scorer.py) both implement it, so the service,
 the evaluation gate and the active-learning strategies never care which one is serving.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -103,11 +103,11 @@ class LabelStudio:
 
 def _launch(data_dir: Path, port: int) -> tuple[subprocess.Popen, Path]:
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    out = open(log_path, "ab")
-    process = subprocess.Popen(
-        [str(executable()), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)],
-        env=_environment(data_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
-    )
+    with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [str(executable()), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)],
+            env=_environment(data_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
+        )
     return process, log_path
 
 

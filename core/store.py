@@ -13,11 +13,13 @@ import math
 import re
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
+
+from core.jobs import UNFINISHED, JobStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -108,7 +110,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 _SPACE = re.compile(r"\s+")
@@ -170,9 +172,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        """Trained and gated (promoted/rejected), failed, or done with nothing to train ("succeeded" is also the
-        state between training and the gate, so the finish time is what tells)."""
-        return self.finished_at is not None
+        return self.status not in UNFINISHED
 
     def to_dict(self) -> dict:
         return {**asdict(self), "finished": self.finished}
@@ -244,10 +244,6 @@ class Store:
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else default
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as db:
-            _put_meta(db, key, value)
 
     @staticmethod
     def _next_seq(db: sqlite3.Connection) -> int:
@@ -393,7 +389,7 @@ class Store:
             " SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END) AS accepted,"
             " SUM(CASE WHEN l.accepted = 0 THEN 1 ELSE 0 END) AS corrected"
             " FROM labels l LEFT JOIN splits s ON s.text_key = l.text_key")[0]
-        return {k: row[k] or 0 for k in row.keys()}
+        return {k: row[k] or 0 for k in row.keys()}  # noqa: SIM118 (sqlite3.Row iterates values)
 
     def integrity_errors(self) -> list[str]:
         """Checks a restarted store must pass: SQLite's own check, one row per annotation, every label split."""
@@ -500,7 +496,8 @@ class Store:
         """Queue a job unless an unfinished one of the same kind (and project, if `per_project`) exists: requests
         coalesce. Returns (job, created)."""
         with self._tx() as db:
-            sql, params = "SELECT * FROM jobs WHERE kind = ? AND finished_at IS NULL", [kind]
+            sql = f"SELECT * FROM jobs WHERE kind = ? AND status IN ({','.join('?' * len(UNFINISHED))})"
+            params = [kind, *UNFINISHED]
             if per_project:
                 sql += " AND project_id IS ?"
                 params.append(project_id)
@@ -508,8 +505,8 @@ class Store:
             if row is not None:
                 return _job(row), False
             cur = db.execute(
-                "INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, 'queued', ?, ?, ?, ?)",
-                (kind, reason, project_id, _current_seq(db), now()))
+                "INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, JobStatus.QUEUED, reason, project_id, _current_seq(db), now()))
             job_id = cur.lastrowid
         return self.get_job(job_id), True
 
@@ -540,7 +537,7 @@ class Store:
 
     def last_job_label_seq(self, kind: str) -> int:
         """Labels up to this sequence number were (or are being) trained on; failed jobs do not count."""
-        rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND status != 'failed'", (kind,))
+        rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND status != ?", (kind, JobStatus.FAILED))
         return rows[0]["s"] or 0
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backend.labeling import AnnotationError, LabelSpace
-from backend.store import Label
+from core.labeling import AnnotationError, LabelSpace
+from core.store import Label
 
 
 @dataclass(frozen=True)

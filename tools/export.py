@@ -15,15 +15,15 @@ import random
 import shutil
 import sys
 from collections import Counter, defaultdict
-from datetime import date, datetime, time, timedelta, timezone
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Sequence
 
-from backend.annotations import NotGold, gold_label
-from backend.label_studio import LabelStudioRejected, LabelStudioUnavailable
-from backend.labeling import AnnotationError, LabelConfigError, parse_label_config
-from backend.settings import Settings, SettingsError
-from backend.store import Label, StoredLabel, Store
+from core.annotations import NotGold, gold_label
+from core.label_studio import LabelStudioRejected, LabelStudioUnavailable
+from core.labeling import AnnotationError, LabelConfigError, parse_label_config
+from core.settings import Settings, SettingsError
+from core.store import Label, Store, StoredLabel
 
 FORMATS = ("jsonl", "hf", "csv")
 RECIPE_COLUMNS = ("Question", "Complex_CoT", "Response")
@@ -49,7 +49,7 @@ def _moment(value: str, end_of_day: bool = False) -> datetime:
         moment = datetime.fromisoformat(value)
     else:
         moment = datetime.combine(day + timedelta(days=int(end_of_day)), time())
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _bound(name: str, value: str, end_of_day: bool = False) -> datetime:
@@ -268,7 +268,7 @@ def _nothing_selected(store: Store, args: argparse.Namespace) -> str:
 
 
 def _compare(settings: Settings, store: Store, project_id: int) -> dict:
-    from backend.label_studio import LabelStudioClient
+    from core.label_studio import LabelStudioClient
 
     if not (settings.label_studio_url and settings.label_studio_api_key):
         raise ExportError("--from-label-studio needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to be set")
@@ -303,14 +303,16 @@ def main(argv: list[str] | None = None) -> int:
         "exported once (the most recent label wins). A summary goes to export_report.json in the output folder.")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--format", action="append", choices=FORMATS, dest="formats",
-                        help="format to write; repeat for several (default: all of %s)" % ", ".join(FORMATS))
-    parser.add_argument("--test-fraction", type=float, default=0.2, metavar="FRACTION", help="share of each department's texts in test (default: %(default)s)")
+                        help=f"format to write; repeat for several (default: all of {', '.join(FORMATS)})")
+    parser.add_argument("--test-fraction", type=float, default=0.2, metavar="FRACTION",
+                        help="share of each department's texts in test (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=3407, help="seed of the train/test split (default: %(default)s)")
     parser.add_argument("--no-dedupe", dest="dedupe", action="store_false", help="keep every label of identical texts")
     parser.add_argument("--project", type=int, metavar="ID", help="only this Label Studio project's labels (default: all projects)")
     parser.add_argument("--since", metavar="DATE", help="only labels created on or after this ISO date/time, e.g. 2026-01-01")
     parser.add_argument("--until", metavar="DATE", help="only labels created before this ISO date/time; a date includes that whole day")
-    parser.add_argument("--annotator", action="append", metavar="ID", help="only labels by this Label Studio user id (the annotation's completed_by); repeat for several")
+    parser.add_argument("--annotator", action="append", metavar="ID",
+                        help="only labels by this Label Studio user id (the annotation's completed_by); repeat for several")
     parser.add_argument("--from-label-studio", type=int, metavar="PROJECT_ID",
                         help="also pull this project from Label Studio (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY) and report "
                         "how it differs from the store; the export itself still comes from the store")

@@ -1,7 +1,7 @@
 """A label-quality report for the team: which gold labels a cross-validated model doubts, which departments are
 confused with each other, and how often annotators agree when they label the same ticket.
 
-The model is the instant linear SVM (backend/instant_model.py): it refits in a fraction of a second, so K folds
+The model is the instant linear SVM (learning/instant_model.py): it refits in a fraction of a second, so K folds
 cost seconds even for thousands of labels. A doubted label is not necessarily wrong; it is the best place to
 start a review.
 """
@@ -11,14 +11,14 @@ import argparse
 import json
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from statistics import mean
-from typing import Sequence
 
-from backend.instant_model import LinearSvmClassifier
-from backend.settings import Settings, SettingsError
-from backend.store import StoredLabel, Store
+from core.settings import Settings, SettingsError
+from core.store import Store, StoredLabel
+from learning.instant_model import LinearSvmClassifier
 
 TEXT_CHARS = 200
 TOP_PAIRS = 20
@@ -233,7 +233,8 @@ check them in Label Studio and correct those that are wrong.</p>
 {_table(["measure", "value"], [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in agreement.items() if k != "disagreements"])}
 <h3>Tickets the annotators disagree on</h3>
 {_table(["project", "task", "text", "labels"],
-        [(d["project_id"], d["task_id"], d["text"], "; ".join(f"{l['department']} ({l['annotator'] or UNKNOWN_ANNOTATOR}, #{l['annotation_id']})" for l in d["labels"]))
+        [(d["project_id"], d["task_id"], d["text"],
+          "; ".join(f"{l['department']} ({l['annotator'] or UNKNOWN_ANNOTATOR}, #{l['annotation_id']})" for l in d["labels"]))
          for d in agreement["disagreements"]])}
 </body></html>
 """
