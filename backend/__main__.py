@@ -28,8 +28,26 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _json_error(sock, status_int: int, reason: str, message: str) -> None:
+    """gunicorn answers requests it cannot parse (a 9 KB header, a broken request line) itself, in HTML; every
+    other error of this service is JSON, so these are too."""
+    import json
+
+    from gunicorn.util import write_nonblock
+
+    from core.text import printable
+
+    body = json.dumps({"error": printable(f"{reason}: {message}" if message else reason, 300), "status": status_int}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin1")
+    write_nonblock(sock, head + body)
+
+
 def serve(settings: Settings) -> None:
+    import gunicorn.util
     from gunicorn.app.base import BaseApplication
+
+    gunicorn.util.write_error = _json_error  # the worker looks it up on the module at every error
 
     class Server(BaseApplication):
         def load_config(self):
@@ -80,19 +98,26 @@ def model_dir_problem(settings: Settings) -> str | None:
     return None
 
 
-def print_versions(settings: Settings) -> int:
+def print_versions(settings: Settings, project_id: int | None, limit: int) -> int:
     from core.store import Store
 
     store = Store(settings.store_path)
-    print(f"{'version':<14} {'kind':<8} {'status':<10} {'parent':<12} {'accuracy':>8} {'macro-F1':>8} {'eval n':>6}  created")
-    for v in store.versions():
-        m = v.metrics
-        print(f"{v.name:<14} {v.kind:<8} {v.status:<10} {v.parent or '-':<12} {m.get('accuracy') if m.get('accuracy') is not None else '-':>8} "
-              f"{m.get('macro_f1') if m.get('macro_f1') is not None else '-':>8} {m.get('n', '-'):>6}  {v.created_at[:19]}")
+    projects = [project_id] if project_id is not None else store.projects_with_versions()
+    for pid in projects:
+        total = store.count_versions(pid)
+        print(f"project {pid}: {total} versions" + (f", the newest {limit} shown (--limit)" if total > limit else ""))
+        print(f"  {'version':<14} {'kind':<8} {'status':<10} {'parent':<12} {'accuracy':>8} {'macro-F1':>8} {'eval n':>6}  created")
+        for v in reversed(store.versions(pid, limit=limit, newest_first=True)):
+            m = v.metrics
+            accuracy = m.get("accuracy") if m.get("accuracy") is not None else "-"
+            print(f"  {v.name:<14} {v.kind:<8} {v.status:<10} {v.parent or '-':<12} {accuracy:>8} "
+                  f"{m.get('macro_f1') if m.get('macro_f1') is not None else '-':>8} {m.get('n', '-'):>6}  {v.created_at[:19]}")
+    if not projects:
+        print("no model versions yet")
     return 0
 
 
-def roll_back(settings: Settings, name: str) -> int:
+def roll_back(settings: Settings, name: str, project_id: int) -> int:
     from core.jobs import ModelKind
     from core.store import VERSION_NAME, Store
 
@@ -100,16 +125,16 @@ def roll_back(settings: Settings, name: str) -> int:
         print(f"error: {name!r} is not a version name (letters, digits, '.', '_', '-')", file=sys.stderr)
         return 2
     store = Store(settings.store_path)
-    version = store.get_version(name)
+    version = store.get_version(project_id, name)
     if version is None or version.kind != ModelKind.LLM:
-        names = ", ".join(v.name for v in store.versions(ModelKind.LLM)) or "none"
-        print(f"error: no LLM version {name!r}; LLM versions: {names}", file=sys.stderr)
+        names = ", ".join(v.name for v in store.versions(project_id, ModelKind.LLM)) or "none"
+        print(f"error: project {project_id} has no LLM version {name!r}; its LLM versions: {names}", file=sys.stderr)
         return 2
     if version.path and not Path(version.path, "adapter_config.json").exists():
         print(f"error: the adapter files of {name} are missing from {version.path}", file=sys.stderr)
         return 2
-    store.promote_version(name)
-    print(f"{name} is now the serving LLM version; a running service switches to it within a few seconds")
+    store.promote_version(project_id, name)
+    print(f"{name} is now project {project_id}'s serving LLM version; a running service switches to it within a few seconds")
     return 0
 
 
@@ -162,10 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--fresh", action="store_true", help="delete the demo's earlier data first")
     demo.add_argument("--ls-port", type=int, default=8080, help="Label Studio port (default: %(default)s)")
     demo.add_argument("--no-wait", action="store_true", help="set everything up, print the URL, then stop both servers")
-    commands.add_parser("versions", help="list model versions with their scores on the frozen evaluation split")
+    versions = commands.add_parser("versions", help="list model versions with their scores on the frozen evaluation split")
+    versions.add_argument("--project", type=int, metavar="ID", help="only this Label Studio project (default: every project)")
+    versions.add_argument("--limit", type=int, default=30, help="newest versions shown per project (default: %(default)s)")
     rollback = commands.add_parser("rollback", help="serve an earlier LLM version; the running service follows within seconds")
     rollback.add_argument("version", help="a version name from 'python -m backend versions', e.g. lora-2 or llm-base")
-    train = commands.add_parser("train", help="ask the running service for a fine-tuning round")
+    rollback.add_argument("--project", type=int, required=True, metavar="ID", help="the Label Studio project whose line rolls back")
+    train = commands.add_parser("train", help="ask the running service for a fine-tuning round of a project")
+    train.add_argument("--project", type=int, required=True, metavar="ID", help="Label Studio project id")
     preannotate = commands.add_parser("preannotate", help="have the running service suggest a department for every "
                                       "unlabelled task of a Label Studio project, then sort the project by uncertainty")
     preannotate.add_argument("--project", type=int, required=True, help="Label Studio project id")
@@ -197,12 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     if args.command == "versions":
-        return print_versions(settings)
+        return print_versions(settings, args.project, args.limit)
     if args.command == "rollback":
-        return roll_back(settings, args.version)
+        return roll_back(settings, args.version, args.project)
     if args.command == "train":
         return request_job(settings, args.url or f"http://{settings.host}:{settings.port}", "/jobs",
-                           {"reason": "python -m backend train"}, args.follow)
+                           {"reason": "python -m backend train", "project": args.project}, args.follow)
     if args.command == "preannotate":
         return request_job(settings, args.url or f"http://{settings.host}:{settings.port}", "/preannotate",
                            {"project": args.project}, args.follow)

@@ -17,7 +17,7 @@ from core.annotations import NotGold, gold_label
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
 from core.settings import Settings
-from core.store import Store, now
+from core.store import DEFAULT_PROJECT, Store, now
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ MODEL_VERSION_WAIT_SECONDS = 30.0
 
 class LabelStudioSync:
     def __init__(self, settings: Settings, store: Store, background: Background,
-                 on_config: Callable[[int, LabelSpace, str], None], on_labels_changed: Callable[[], None]):
+                 on_config: Callable[[int, LabelSpace, str], None], on_labels_changed: Callable[[int], None]):
         self.settings = settings
         self.store = store
         self.background = background
@@ -58,8 +58,8 @@ class LabelStudioSync:
         """Label Studio accepts project.model_version only once predictions of that version exist, i.e. after the
         /predict answer that carries them is stored: so it is set in the background."""
         self._last_served[project_id] = version
-        known = {p["project_id"]: p["model_version"] for p in self.store.projects()}
-        if known.get(project_id) != version and self.client() is not None:
+        project = self.store.project(project_id)
+        if (project is None or project.model_version != version) and self.client() is not None:
             self.background.submit(f"model-version-{project_id}", lambda: self.sync_model_version(project_id), delay=0.5)
 
     def sync_model_version(self, project_id: int) -> bool:
@@ -125,12 +125,13 @@ class LabelStudioSync:
         counts["invalid"] = invalid
         log.info("reconciled project %d with Label Studio: %s", project_id, counts)
         if counts["created"] or counts["updated"] or counts["removed"]:
-            self._on_labels_changed()
+            self._on_labels_changed(project_id)
         return counts
 
     def reconcile_all_periodically(self) -> None:
         try:
             for project in self.store.projects():
-                self.reconcile(project["project_id"])
+                if project.project_id != DEFAULT_PROJECT:
+                    self.reconcile(project.project_id)
         finally:
             self.background.submit("reconcile-all", self.reconcile_all_periodically, delay=self.settings.reconcile_seconds)

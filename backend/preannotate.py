@@ -11,12 +11,14 @@ samples by uncertainty.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core.jobs import JobStatus
 from core.label_studio import LabelStudioClient
-from core.labeling import parse_label_config
+from core.labeling import LabelSpace, parse_label_config
 from core.store import Job, Store, now
+from core.text import has_content
 
 if TYPE_CHECKING:
     from backend.models import ModelManager
@@ -24,19 +26,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+READY_WAIT_SECONDS = 600.0
 
 
-def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models: ModelManager, chunk_size: int = 256) -> dict:
-    """Run a queued preannotate job for job.project_id; progress goes to the job row (and a log line per chunk)."""
+def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models: ModelManager,
+                configure: Callable[[int, LabelSpace, str], None], chunk_size: int = 256) -> dict:
+    """Run a queued preannotate job for job.project_id; progress goes to the job row (and a log line per chunk).
+    `configure` records the project's labeling config as read from Label Studio (its model follows)."""
     project_id = job.project_id
     if client is None:
         raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
     store.update_job(job.id, status=JobStatus.RUNNING, started_at=now(), progress={"phase": "listing tasks"})
     project = client.project(project_id)
     space = parse_label_config(project["label_config"])
-    models.adopt(space)
-    version = models.serving_version or models.serving().version
-    done = {p["task_id"] for p in store.predictions(model_version=version, project_id=project_id)}
+    configure(project_id, space, project["label_config"])
+    if not models.line(project_id).ready.wait(READY_WAIT_SECONDS):
+        raise RuntimeError(f"project {project_id}'s model was not ready within {READY_WAIT_SECONDS:.0f} s")
+    version = models.serving_version(project_id)
+    done = {p["task_id"] for p in store.predictions(project_id, model_version=version)}
     tasks = [t for t in client.tasks(project_id) if not t["total_annotations"]]
     todo = [t for t in tasks if t["id"] not in done]
     progress = {"phase": "predicting", "model_version": version, "step": len(tasks) - len(todo), "total_steps": len(tasks)}
@@ -50,13 +57,13 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
             except ValueError:
                 skipped += 1
                 continue
-            if text.strip():
+            if has_content(text):
                 chunk.append(task)
                 texts.append(text)
             else:
                 skipped += 1
         if chunk:
-            used, predictions = models.predict(texts, space)
+            used, predictions = models.predict(project_id, texts)
             client.import_predictions(project_id, [
                 {"task": t["id"], "result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
                  "model_version": used} for t, p in zip(chunk, predictions)])

@@ -77,16 +77,16 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
     store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
     for i, (text, department) in enumerate(labels, start=first_id):
         store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=department))
-    store.set_label_space(DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)
-    if store.serving_version(ModelKind.LLM) is None:
-        store.add_version("llm-base", ModelKind.LLM, status="serving", data={"base_model": base_model})
+    store.remember_project(1, DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)
+    if store.serving_version(1, ModelKind.LLM) is None:
+        store.add_version(1, "llm-base", ModelKind.LLM, status="serving", data={"base_model": base_model})
     env = {**os.environ, **settings.to_env(), **config.to_env()}
     started = time.perf_counter()
-    job, _ = store.request_job(JobKind.TRAIN, "benchmark trigger")
+    job, _ = store.request_job(JobKind.TRAIN, "benchmark trigger", 1)
     launch_worker("training.round", ["--job", str(job.id)], env, work / f"{name}.log", die_with_parent=False).wait()
     wall = time.perf_counter() - started
     job = store.get_job(job.id)
-    version = store.get_version(job.version) if job.version else None
+    version = store.get_version(1, job.version) if job.version else None
     data = version.data if version else {}
     return {"recipe": f"ours: answer-only loss, length-grouped, padded to a multiple of {config.pad_to_multiple_of}, "
                       f"micro-batch {config.micro_batch} x {config.grad_accumulation}", "round": name, "status": job.status, "error": job.error,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from core.labeling import AnnotationError, LabelSpace
 from core.store import Label
+from core.text import brief, has_content
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,14 @@ class NotGold:
 
 
 def _int_id(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise AnnotationError(f"{what} must be an integer id")
-    try:
-        number = int(value)
-    except ValueError:
-        raise AnnotationError(f"{what} must be an integer id, got {value!r}") from None
-    if not 0 < number < 2**63:
-        raise AnnotationError(f"{what} must be a positive integer id")
-    return number
+    """A Label Studio id: a JSON integer or a string of ASCII digits, in SQLite's INTEGER range."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AnnotationError(f"{what} must be an integer id, got {brief(value)}")
+    if not 0 < value < 2**63:
+        raise AnnotationError(f"{what} must be a positive integer id below 2**63")
+    return value
 
 
 def _optional_str(value: object) -> str | None:
@@ -62,14 +62,17 @@ def gold_label(annotation: object, task: object, space: LabelSpace, project_id: 
     if not isinstance(annotation, dict):
         raise AnnotationError("'annotation' must be an object")
     annotation_id = _int_id(annotation.get("id"), "annotation.id")
-    if annotation.get("was_cancelled"):
+    cancelled = annotation.get("was_cancelled")
+    if cancelled is not None and not isinstance(cancelled, bool):  # "false" is truthy: a string must not discard a label
+        raise AnnotationError(f"annotation.was_cancelled must be true or false, got {brief(cancelled)}")
+    if cancelled:
         return NotGold(annotation_id, "skipped")
     if not isinstance(task, dict):
         raise AnnotationError("'task' must be an object")
     task_id = _int_id(task.get("id", annotation.get("task")), "task.id")
     text = space.ticket_text(task)
-    if not text.strip():
-        raise AnnotationError("the ticket text is empty")
+    if not has_content(text):
+        raise AnnotationError("the ticket text is empty or has no content (only spaces, punctuation or control characters)")
     if len(text) > max_text_chars:
         raise AnnotationError(f"the ticket text has {len(text)} characters; at most {max_text_chars} are accepted (MAX_TEXT_CHARS)")
     department, rationale = space.read_annotation(annotation.get("result"))

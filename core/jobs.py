@@ -23,8 +23,9 @@ class ModelKind(StrEnum):
 
 
 class JobKind(StrEnum):
-    TRAIN = "train"
-    PREANNOTATE = "preannotate"
+    TRAIN = "train"  # a LoRA fine-tuning round (training/round.py), one at a time on the GPU
+    REFIT = "refit"  # a full refit of a project's instant model (learning/refit.py), on the CPU
+    PREANNOTATE = "preannotate"  # suggestions for every unlabelled task of a project, pushed to Label Studio
 
 
 class JobStatus(StrEnum):

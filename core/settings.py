@@ -88,17 +88,25 @@ class Settings(EnvConfig):
     max_request_bytes: int = setting("MAX_REQUEST_BYTES", 20_000_000, "larger request bodies are refused with 413")
     max_tasks_per_predict: int = setting("MAX_TASKS_PER_PREDICT", 5000, "a /predict call with more tasks is refused with 413")
     max_text_chars: int = setting("MAX_TEXT_CHARS", 20_000, "ticket texts longer than this are cut for prediction and refused as gold labels (422)")
+    max_projects: int = setting("MAX_PROJECTS", 500, "Label Studio projects one backend serves (each has its own models); requests naming more are refused with 422")
+    max_choices: int = setting("MAX_CHOICES", 2000, "a labeling config with more choices (departments) than this is refused with 422")
+    prepare_wait_seconds: float = setting("PREPARE_WAIT_SECONDS", 10.0, "how long /predict waits for a project whose labeling config is new to get its model before answering 503 (retry shortly); /setup waits at most 2 s")
     # Storage and models
     model_dir: Path = setting("MODEL_DIR", Path("models"), "where the label store (SQLite), model versions and job logs live")
     labeling_config: Path = setting("LABEL_CONFIG", DEFAULT_LABELING_CONFIG, "labeling config used before Label Studio sends one (the project's config wins once it arrives)")
     catalog: Path = setting("CATALOG", DEFAULT_CATALOG, "department catalog; its duties texts seed the instant model")
+    project_catalogs: str = setting("PROJECT_CATALOGS", "", "catalogs of particular projects, e.g. '3=catalogs/pudong.json,4=catalogs/pudong.json' (districts sharing one); other projects use CATALOG")
     base_model: str = setting("BASE_MODEL", "", "local path of the LLM (a Qwen2-family causal LM such as DeepSeek-R1-Distill-Qwen-7B); empty: the instant model serves")
     adapter: str = setting("ADAPTER", "", "optional LoRA adapter directory to start from")
     max_seq_length: int = setting("MAX_SEQ_LENGTH", 896, "LLM context length used for scoring and training")
     predict_batch_size: int = setting("PREDICT_BATCH_SIZE", 32, "tickets per LLM forward pass; concurrent /predict calls are merged up to this")
+    adapter_cache_mb: int = setting("ADAPTER_CACHE_MB", 3000, "LoRA adapters of all projects kept beside the base model, in MiB; the least recently used is evicted beyond this and reloaded on demand (an r=64 adapter of the 7B is about 320 MiB)")
+    suggestions: int = setting("SUGGESTIONS", 3, "alternatives shown to annotators with each suggestion (top-k)")
     # Learning loop
     eval_fraction: float = setting("EVAL_FRACTION", 0.2, "share of each department's gold texts frozen into the evaluation split")
-    instant_refit_seconds: float = setting("INSTANT_REFIT_SECONDS", 2.0, "the instant model refits at most this often while labels arrive")
+    eval_max_per_department: int = setting("EVAL_MAX_PER_DEPARTMENT", 40, "a department's evaluation split stops growing at this many texts, so the split the gate scores on stays the same size however many labels arrive")
+    instant_refit_seconds: float = setting("INSTANT_REFIT_SECONDS", 2.0, "a project's instant model is refitted (in a worker process) at most this often while labels arrive")
+    instant_versions_kept: int = setting("INSTANT_VERSIONS_KEPT", 20, "retired instant-model versions kept per project (older ones are pruned from the registry and the disk)")
     train_every_n_labels: int = setting("TRAIN_EVERY_N_LABELS", 200, "queue an LLM fine-tuning job after this many new gold labels (0: only on START_TRAINING)")
     reconcile_seconds: float = setting("RECONCILE_SECONDS", 600.0, "pull all annotations from Label Studio this often to recover lost webhooks (0: only on START_TRAINING)")
     training_device: str = setting("TRAINING_DEVICE", "auto", "where the LLM runs: auto (CUDA if present), cuda or cpu")
@@ -112,12 +120,29 @@ class Settings(EnvConfig):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if not 0 < self.eval_fraction < 0.9:
             raise SettingsError(f"EVAL_FRACTION must be in (0, 0.9), got {self.eval_fraction}")
+        for project, path in self._project_catalogs().items():
+            if not path.is_file():
+                raise SettingsError(f"PROJECT_CATALOGS: the catalog of project {project}, {path}, does not exist")
         if self.training_device not in {"auto", "cuda", "cpu"}:
             raise SettingsError(f"TRAINING_DEVICE must be auto, cuda or cpu, got {self.training_device!r}")
         for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length",
-                     "label_studio_timeout", "label_studio_attempts"):
+                     "label_studio_timeout", "label_studio_attempts", "max_projects", "max_choices", "eval_max_per_department", "adapter_cache_mb",
+                     "suggestions", "instant_versions_kept"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be positive")
+
+    def catalog_of(self, project_id: int) -> Path:
+        """The catalog whose duties seed a project's instant model: its own (PROJECT_CATALOGS) or CATALOG."""
+        return self._project_catalogs().get(project_id, self.catalog)
+
+    def _project_catalogs(self) -> dict[int, Path]:
+        pairs = {}
+        for item in filter(None, (part.strip() for part in self.project_catalogs.split(","))):
+            project, _, path = item.partition("=")
+            if not (project.strip().isascii() and project.strip().isdigit() and path.strip()):
+                raise SettingsError(f"PROJECT_CATALOGS: {item!r} is not PROJECT_ID=PATH")
+            pairs[int(project)] = Path(path.strip())
+        return pairs
 
     @property
     def auth_enabled(self) -> bool:
@@ -127,9 +152,9 @@ class Settings(EnvConfig):
     def store_path(self) -> Path:
         return self.model_dir / "store.sqlite3"
 
-    @property
-    def versions_dir(self) -> Path:
-        return self.model_dir / "versions"
+    def project_dir(self, project_id: int) -> Path:
+        """A project's models: instant/<version>/ and versions/<lora-N>/ (LoRA adapters)."""
+        return self.model_dir / "projects" / str(project_id)
 
 
 def _relative(path: Path) -> str:

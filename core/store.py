@@ -1,9 +1,11 @@
-"""The durable store under MODEL_DIR: gold labels, the frozen evaluation split, served predictions, model
-versions and jobs, in one SQLite database (WAL, synchronous=FULL: a label acknowledged is a label kept).
+"""The durable store under MODEL_DIR: gold labels, the frozen evaluation split, served predictions, model versions,
+jobs and projects, in one SQLite database (WAL, synchronous=FULL: a label acknowledged is a label kept).
 
-Every write is one transaction, so a process killed at any point leaves either the old or the new state.
-Label writes are idempotent and order-tolerant: duplicates change nothing, a stale update is ignored, and an
-annotation deleted before its creation arrives stays deleted (a tombstone remembers it).
+Everything belongs to a Label Studio project: its labels, its evaluation split, its version line (``instant-3``,
+``lora-2``) and its jobs. Every write is one transaction, so a process killed at any point leaves either the old or
+the new state. Label writes are idempotent and order-tolerant: duplicates change nothing, a stale update is ignored,
+and an annotation deleted before its creation arrives stays deleted (a tombstone remembers it). Counters that
+/status and /metrics read are kept in the same transactions, so reading them never scans the labels.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.jobs import UNFINISHED, JobStatus
+
+SCHEMA_VERSION = 2
+DEFAULT_PROJECT = 0  # requests that name no Label Studio project (the routing API, tools, old clients)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -43,18 +48,36 @@ CREATE TABLE IF NOT EXISTS labels (
     stored_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS labels_seq ON labels(seq);
+CREATE INDEX IF NOT EXISTS labels_project_seq ON labels(project_id, seq);
 CREATE INDEX IF NOT EXISTS labels_task ON labels(project_id, task_id);
-CREATE INDEX IF NOT EXISTS labels_text_key ON labels(text_key);
+CREATE INDEX IF NOT EXISTS labels_project_text ON labels(project_id, text_key);
 CREATE TABLE IF NOT EXISTS deleted_annotations (
     annotation_id INTEGER PRIMARY KEY,
     project_id INTEGER,
     deleted_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS splits (
-    text_key TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    text_key TEXT NOT NULL,
     department TEXT NOT NULL,
     split TEXT NOT NULL CHECK (split IN ('train', 'eval')),
-    assigned_at TEXT NOT NULL
+    assigned_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, text_key)
+);
+CREATE TABLE IF NOT EXISTS split_counts (
+    project_id INTEGER NOT NULL,
+    department TEXT NOT NULL,
+    texts INTEGER NOT NULL,
+    eval INTEGER NOT NULL,
+    PRIMARY KEY (project_id, department)
+);
+CREATE TABLE IF NOT EXISTS project_stats (
+    project_id INTEGER PRIMARY KEY,
+    labels INTEGER NOT NULL DEFAULT 0,
+    eval INTEGER NOT NULL DEFAULT 0,
+    accepted INTEGER NOT NULL DEFAULT 0,
+    corrected INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS predictions (
     project_id INTEGER NOT NULL,
@@ -70,7 +93,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (project_id, task_id, model_version)
 );
 CREATE TABLE IF NOT EXISTS versions (
-    name TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
     kind TEXT NOT NULL,
     parent TEXT,
     status TEXT NOT NULL,
@@ -79,14 +103,16 @@ CREATE TABLE IF NOT EXISTS versions (
     metrics TEXT NOT NULL DEFAULT '{}',
     created_at TEXT NOT NULL,
     promoted_at TEXT,
-    note TEXT
+    note TEXT,
+    PRIMARY KEY (project_id, name)
 );
+CREATE INDEX IF NOT EXISTS versions_serving ON versions(project_id, kind, status);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
     status TEXT NOT NULL,
     reason TEXT,
-    project_id INTEGER,
+    project_id INTEGER NOT NULL,
     label_seq INTEGER,
     requested_at TEXT NOT NULL,
     started_at TEXT,
@@ -96,9 +122,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     version TEXT,
     error TEXT
 );
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(kind, status, project_id);
 CREATE TABLE IF NOT EXISTS projects (
     project_id INTEGER PRIMARY KEY,
     label_config TEXT,
+    departments TEXT,
+    catalog TEXT,
     model_version TEXT,
     updated_at TEXT NOT NULL
 );
@@ -160,7 +189,7 @@ class Job:
     kind: str
     status: str
     reason: str | None
-    project_id: int | None
+    project_id: int
     label_seq: int | None
     requested_at: str
     started_at: str | None
@@ -180,6 +209,7 @@ class Job:
 
 @dataclass
 class Version:
+    project_id: int
     name: str
     kind: str
     parent: str | None
@@ -195,15 +225,32 @@ class Version:
         return asdict(self)
 
 
+@dataclass
+class Project:
+    project_id: int
+    label_config: str | None
+    departments: tuple[str, ...] | None
+    catalog: str | None
+    model_version: str | None
+    updated_at: str
+
+
 class Store:
-    def __init__(self, path: Path, eval_fraction: float = 0.2):
+    def __init__(self, path: Path, eval_fraction: float = 0.2, eval_max_per_department: int = 40):
         self.path = Path(path)
         self.eval_fraction = eval_fraction
+        self.eval_max_per_department = eval_max_per_department
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
         with self._write_lock:
-            self._conn().executescript(SCHEMA)
+            conn = self._conn()
+            legacy = _columns(conn, "splits") and "project_id" not in _columns(conn, "splits")
+            if legacy:
+                _migrate_v1(conn)
+            _script(conn, SCHEMA)
+            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                         (str(SCHEMA_VERSION),))
 
     # -- connection handling -------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -213,7 +260,6 @@ class Store:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn
 
@@ -240,10 +286,10 @@ class Store:
             conn.close()
             self._local.conn = None
 
-    # -- meta -----------------------------------------------------------------------------------------------
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0]["value"] if rows else default
+    # -- the label sequence: every change of gold anywhere moves it by one ----------------------------------
+    def label_seq(self) -> int:
+        rows = self._read("SELECT value FROM meta WHERE key = 'label_seq'")
+        return int(rows[0]["value"]) if rows else 0
 
     @staticmethod
     def _next_seq(db: sqlite3.Connection) -> int:
@@ -251,25 +297,43 @@ class Store:
         _put_meta(db, "label_seq", str(seq))
         return seq
 
-    def set_label_space(self, label_config: str, departments: tuple[str, ...]) -> None:
-        """The labeling config the service serves, and its department list for readers that do not parse XML
-        (the training worker)."""
+    # -- projects -------------------------------------------------------------------------------------------
+    def remember_project(self, project_id: int, label_config: str | None = None, departments: tuple[str, ...] | None = None,
+                         catalog: str | None = None) -> None:
+        """Record a project; a config (with its department list, for readers that do not parse XML) replaces the
+        one remembered."""
         with self._tx() as db:
-            _put_meta(db, "label_config", label_config)
-            _put_meta(db, "departments", json.dumps(list(departments), ensure_ascii=False))
+            db.execute(
+                "INSERT INTO projects(project_id, label_config, departments, catalog, updated_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(project_id) DO UPDATE SET label_config = COALESCE(excluded.label_config, projects.label_config),"
+                " departments = COALESCE(excluded.departments, projects.departments),"
+                " catalog = COALESCE(excluded.catalog, projects.catalog), updated_at = excluded.updated_at",
+                (project_id, label_config, json.dumps(list(departments), ensure_ascii=False) if departments else None, catalog, now()))
 
-    def departments(self) -> tuple[str, ...] | None:
-        raw = self.get_meta("departments")
-        return tuple(json.loads(raw)) if raw else None
+    def project(self, project_id: int) -> Project | None:
+        rows = self._read("SELECT * FROM projects WHERE project_id = ?", (project_id,))
+        return _project(rows[0]) if rows else None
 
-    def label_seq(self) -> int:
-        return int(self.get_meta("label_seq", "0"))
+    def projects(self) -> list[Project]:
+        return [_project(r) for r in self._read("SELECT * FROM projects ORDER BY project_id")]
+
+    def set_project_model_version(self, project_id: int, model_version: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE projects SET model_version = ?, updated_at = ? WHERE project_id = ?", (model_version, now(), project_id))
 
     # -- gold labels ----------------------------------------------------------------------------------------
     def upsert_label(self, label: Label) -> str:
         """Store one gold label. Returns what happened: created, updated, unchanged, stale or deleted."""
         with self._tx() as db:
             return self._upsert(db, label)
+
+    def upsert_labels(self, labels: Iterable[Label]) -> dict[str, int]:
+        """Many labels in one transaction (history import): the same rules as one by one, one fsync."""
+        counts = {"created": 0, "updated": 0, "unchanged": 0, "stale": 0, "deleted": 0}
+        with self._tx() as db:
+            for label in labels:
+                counts[self._upsert(db, label)] += 1
+        return counts
 
     def _upsert(self, db: sqlite3.Connection, label: Label) -> str:
         if db.execute("SELECT 1 FROM deleted_annotations WHERE annotation_id = ?", (label.annotation_id,)).fetchone():
@@ -293,29 +357,73 @@ class Store:
         same_gold = old is not None and (old["department"], old["text"], old["rationale"]) == (label.department, label.text, label.rationale)
         seq = old["seq"] if same_gold else self._next_seq(db)
         key = text_key(label.text)
-        self._assign_split(db, key, label.department)
+        split = self._assign_split(db, label.project_id, key, label.department)
+        if old is not None:
+            self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1)
         db.execute(
-            "INSERT OR REPLACE INTO labels(annotation_id, project_id, task_id, text, text_key, department, rationale,"
-            " annotator, created_at, updated_at, lead_time, shown_model_version, shown_department, shown_score, accepted,"
-            " source, seq, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO labels(annotation_id, project_id, task_id, text, text_key, department, rationale, annotator, created_at,"
+            " updated_at, lead_time, shown_model_version, shown_department, shown_score, accepted, source, seq, stored_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(annotation_id) DO UPDATE SET project_id = excluded.project_id,"
+            " task_id = excluded.task_id, text = excluded.text, text_key = excluded.text_key, department = excluded.department,"
+            " rationale = excluded.rationale, annotator = excluded.annotator, created_at = excluded.created_at,"
+            " updated_at = excluded.updated_at, lead_time = excluded.lead_time, shown_model_version = excluded.shown_model_version,"
+            " shown_department = excluded.shown_department, shown_score = excluded.shown_score, accepted = excluded.accepted,"
+            " source = excluded.source, seq = excluded.seq, stored_at = excluded.stored_at",
             (label.annotation_id, label.project_id, label.task_id, label.text, key, label.department, label.rationale,
              label.annotator, label.created_at, label.updated_at, label.lead_time, label.shown_model_version,
              label.shown_department, label.shown_score, label.accepted, old["source"] if same_gold else label.source,
              seq, old["stored_at"] if same_gold else now()),
         )
+        self._count(db, label.project_id, label.accepted, split, +1)
+        if not same_gold:
+            self._touch(db, label.project_id, seq)
         if old is None:
             return "created"
         return "unchanged" if same_gold else "updated"
 
-    def _assign_split(self, db: sqlite3.Connection, key: str, department: str) -> None:
-        """Freeze a text into train or eval the first time it is labelled, stratified by department: the n-th
-        new text of a department goes to eval when round(n * f) steps up (the 3rd, 8th, 13th... for f = 0.2)."""
-        if db.execute("SELECT 1 FROM splits WHERE text_key = ?", (key,)).fetchone():
-            return
-        n = db.execute("SELECT COUNT(*) FROM splits WHERE department = ?", (department,)).fetchone()[0] + 1
+    def _assign_split(self, db: sqlite3.Connection, project_id: int, key: str, department: str) -> str:
+        """Freeze a text into train or eval the first time it is labelled in a project, stratified by department:
+        the n-th new text of a department goes to eval when round(n * f) steps up (the 3rd, 8th, 13th... for
+        f = 0.2), until the department holds EVAL_MAX_PER_DEPARTMENT evaluation texts: the split the gate scores
+        on stays the same size however many labels arrive."""
+        row = db.execute("SELECT split FROM splits WHERE project_id = ? AND text_key = ?", (project_id, key)).fetchone()
+        if row:
+            return row["split"]
+        counts = db.execute("SELECT texts, eval FROM split_counts WHERE project_id = ? AND department = ?",
+                            (project_id, department)).fetchone()
+        n, held = (counts["texts"] + 1, counts["eval"]) if counts else (1, 0)
         f = self.eval_fraction
-        split = "eval" if math.floor(n * f + 0.5) > math.floor((n - 1) * f + 0.5) else "train"
-        db.execute("INSERT INTO splits(text_key, department, split, assigned_at) VALUES (?,?,?,?)", (key, department, split, now()))
+        steps_up = math.floor(n * f + 0.5) > math.floor((n - 1) * f + 0.5)
+        split = "eval" if steps_up and held < self.eval_max_per_department else "train"
+        db.execute("INSERT INTO splits(project_id, text_key, department, split, assigned_at) VALUES (?,?,?,?,?)",
+                   (project_id, key, department, split, now()))
+        db.execute("INSERT INTO split_counts(project_id, department, texts, eval) VALUES (?,?,1,?) ON CONFLICT(project_id, department)"
+                   " DO UPDATE SET texts = split_counts.texts + 1, eval = split_counts.eval + excluded.eval",
+                   (project_id, department, int(split == "eval")))
+        return split
+
+    @staticmethod
+    def _split_of(db: sqlite3.Connection, project_id: int, key: str) -> str:
+        row = db.execute("SELECT split FROM splits WHERE project_id = ? AND text_key = ?", (project_id, key)).fetchone()
+        return row["split"] if row else "train"
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, project_id: int, accepted: int | None, split: str, sign: int) -> None:
+        db.execute(
+            "INSERT INTO project_stats(project_id, labels, eval, accepted, corrected) VALUES (?,?,?,?,?) ON CONFLICT(project_id)"
+            " DO UPDATE SET labels = project_stats.labels + excluded.labels, eval = project_stats.eval + excluded.eval,"
+            " accepted = project_stats.accepted + excluded.accepted, corrected = project_stats.corrected + excluded.corrected",
+            (project_id, sign, sign * (split == "eval"), sign * (accepted == 1), sign * (accepted == 0)))
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, project_id: int, seq: int) -> None:
+        db.execute("UPDATE project_stats SET last_seq = ? WHERE project_id = ?", (seq, project_id))
+
+    def project_seq(self, project_id: int) -> int:
+        """The label sequence number of the project's last change of gold (0: none yet): a model fitted at this
+        number has seen every label of the project."""
+        rows = self._read("SELECT last_seq FROM project_stats WHERE project_id = ?", (project_id,))
+        return rows[0]["last_seq"] if rows else 0
 
     def delete_labels(self, annotation_ids: Iterable[int], project_id: int | None = None) -> int:
         """Remove labels and remember the ids, so a creation delivered late cannot bring them back."""
@@ -334,10 +442,13 @@ class Store:
             return self._remove(db, annotation_id)
 
     def _remove(self, db: sqlite3.Connection, annotation_id: int) -> int:
-        cur = db.execute("DELETE FROM labels WHERE annotation_id = ?", (annotation_id,))
-        if cur.rowcount:
-            self._next_seq(db)
-        return cur.rowcount
+        old = db.execute("SELECT project_id, text_key, accepted FROM labels WHERE annotation_id = ?", (annotation_id,)).fetchone()
+        if old is None:
+            return 0
+        db.execute("DELETE FROM labels WHERE annotation_id = ?", (annotation_id,))
+        self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1)
+        self._touch(db, old["project_id"], self._next_seq(db))
+        return 1
 
     def reconcile_project(self, project_id: int, labels: list[Label], cancelled: set[int], pulled_since: str) -> dict:
         """Make the project's labels equal to a full pull from Label Studio, in one transaction.
@@ -357,10 +468,11 @@ class Store:
                     counts["removed"] += self._remove(db, row["annotation_id"])
         return counts
 
-    def labels(self, split: str | None = None, project_id: int | None = None, since_seq: int | None = None) -> list[StoredLabel]:
-        sql = ("SELECT l.*, COALESCE(s.split, 'train') AS split FROM labels l LEFT JOIN splits s ON s.text_key = l.text_key"
-               " WHERE 1=1")
-        params: list = []
+    _LABELS = ("SELECT l.*, COALESCE(s.split, 'train') AS split FROM labels l"
+               " LEFT JOIN splits s ON s.project_id = l.project_id AND s.text_key = l.text_key WHERE 1=1")
+
+    def _label_query(self, split: str | None, project_id: int | None, since_seq: int | None) -> tuple[str, list]:
+        sql, params = self._LABELS, []
         if split:
             sql += " AND COALESCE(s.split, 'train') = ?"
             params.append(split)
@@ -370,52 +482,63 @@ class Store:
         if since_seq is not None:
             sql += " AND l.seq > ?"
             params.append(since_seq)
-        sql += " ORDER BY l.seq"
-        return [_stored_label(row) for row in self._read(sql, params)]
+        return sql, params
+
+    def labels(self, project_id: int | None = None, split: str | None = None, since_seq: int | None = None) -> list[StoredLabel]:
+        """Gold labels in the order they last changed; every project's when `project_id` is None."""
+        sql, params = self._label_query(split, project_id, since_seq)
+        return [_stored_label(row) for row in self._read(sql + " ORDER BY l.seq", params)]
+
+    def iter_labels(self, project_id: int | None = None, split: str | None = None, batch: int = 5000) -> Iterator[StoredLabel]:
+        """The same labels, read in batches (keyset on the sequence number), so exports and reports of a million
+        labels hold one batch in memory, not all of them."""
+        after = 0
+        while True:
+            sql, params = self._label_query(split, project_id, after)
+            rows = self._read(sql + " ORDER BY l.seq LIMIT ?", [*params, batch])
+            for row in rows:
+                yield _stored_label(row)
+            if len(rows) < batch:
+                return
+            after = rows[-1]["seq"]
 
     def get_label(self, annotation_id: int) -> StoredLabel | None:
-        rows = self._read(
-            "SELECT l.*, COALESCE(s.split, 'train') AS split FROM labels l LEFT JOIN splits s ON s.text_key = l.text_key"
-            " WHERE l.annotation_id = ?", (annotation_id,))
+        rows = self._read(self._LABELS + " AND l.annotation_id = ?", (annotation_id,))
         return _stored_label(rows[0]) if rows else None
 
-    def count_labels(self, since_seq: int = 0) -> int:
-        return self._read("SELECT COUNT(*) AS n FROM labels WHERE seq > ?", (since_seq,))[0]["n"]
+    def count_labels(self, project_id: int | None = None, since_seq: int = 0) -> int:
+        if project_id is None:
+            return self._read("SELECT COUNT(*) AS n FROM labels WHERE seq > ?", (since_seq,))[0]["n"]
+        return self._read("SELECT COUNT(*) AS n FROM labels WHERE project_id = ? AND seq > ?", (project_id, since_seq))[0]["n"]
 
-    def label_stats(self) -> dict:
-        row = self._read(
-            "SELECT COUNT(*) AS labels, COUNT(DISTINCT l.department) AS departments,"
-            " SUM(CASE WHEN s.split = 'eval' THEN 1 ELSE 0 END) AS eval,"
-            " SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END) AS accepted,"
-            " SUM(CASE WHEN l.accepted = 0 THEN 1 ELSE 0 END) AS corrected"
-            " FROM labels l LEFT JOIN splits s ON s.text_key = l.text_key")[0]
-        return {k: row[k] or 0 for k in row.keys()}  # noqa: SIM118 (sqlite3.Row iterates values)
+    def label_stats(self, project_id: int | None = None) -> dict:
+        """labels, eval, accepted, corrected: kept up to date by every write, so this never scans the labels."""
+        where, params = ("WHERE project_id = ?", (project_id,)) if project_id is not None else ("", ())
+        row = self._read("SELECT COALESCE(SUM(labels), 0) AS labels, COALESCE(SUM(eval), 0) AS eval, COALESCE(SUM(accepted), 0)"
+                         f" AS accepted, COALESCE(SUM(corrected), 0) AS corrected FROM project_stats {where}", params)[0]
+        return {key: row[key] for key in ("labels", "eval", "accepted", "corrected")}
 
     def integrity_errors(self) -> list[str]:
-        """Checks a restarted store must pass: SQLite's own check, one row per annotation, every label split."""
+        """Checks a restarted store must pass: SQLite's own check, every label split, no deleted annotation
+        revived, the maintained counters equal to a count of the rows."""
         errors = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"]
-        orphans = self._read("SELECT COUNT(*) AS n FROM labels l LEFT JOIN splits s ON s.text_key = l.text_key WHERE s.text_key IS NULL")[0]["n"]
+        orphans = self._read("SELECT COUNT(*) AS n FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id"
+                             " AND s.text_key = l.text_key WHERE s.text_key IS NULL")[0]["n"]
         if orphans:
             errors.append(f"{orphans} labels have no split")
         resurrected = self._read("SELECT COUNT(*) AS n FROM labels WHERE annotation_id IN (SELECT annotation_id FROM deleted_annotations)")[0]["n"]
         if resurrected:
             errors.append(f"{resurrected} deleted annotations are stored as labels")
+        counted = self._read(
+            "SELECT l.project_id, COUNT(*) AS labels, SUM(CASE WHEN s.split = 'eval' THEN 1 ELSE 0 END) AS eval,"
+            " SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END) AS accepted, SUM(CASE WHEN l.accepted = 0 THEN 1 ELSE 0 END) AS corrected"
+            " FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id AND s.text_key = l.text_key GROUP BY l.project_id")
+        kept = {r["project_id"]: (r["labels"], r["eval"], r["accepted"], r["corrected"]) for r in self._read("SELECT * FROM project_stats")}
+        for row in counted:
+            actual = (row["labels"], row["eval"], row["accepted"], row["corrected"])
+            if kept.get(row["project_id"], (0, 0, 0, 0)) != actual:
+                errors.append(f"project {row['project_id']}: counters {kept.get(row['project_id'])} but the labels say {actual}")
         return errors
-
-    # -- projects -------------------------------------------------------------------------------------------
-    def remember_project(self, project_id: int, label_config: str | None = None) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO projects(project_id, label_config, updated_at) VALUES (?,?,?) ON CONFLICT(project_id) DO UPDATE"
-                " SET label_config = COALESCE(excluded.label_config, projects.label_config), updated_at = excluded.updated_at",
-                (project_id, label_config, now()))
-
-    def projects(self) -> list[dict]:
-        return [dict(r) for r in self._read("SELECT * FROM projects ORDER BY project_id")]
-
-    def set_project_model_version(self, project_id: int, model_version: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE projects SET model_version = ?, updated_at = ? WHERE project_id = ?", (model_version, now(), project_id))
 
     # -- predictions ----------------------------------------------------------------------------------------
     def save_predictions(self, rows: list[dict]) -> None:
@@ -432,7 +555,7 @@ class Store:
                 [{**r, "top": json.dumps(r["top"], ensure_ascii=False), "created_at": now()} for r in rows],
             )
 
-    def predictions(self, model_version: str | None = None, project_id: int | None = None) -> list[dict]:
+    def predictions(self, project_id: int | None = None, model_version: str | None = None) -> list[dict]:
         sql, params = "SELECT * FROM predictions WHERE 1=1", []
         if model_version:
             sql += " AND model_version = ?"
@@ -442,73 +565,123 @@ class Store:
             params.append(project_id)
         return [{**dict(r), "top": json.loads(r["top"])} for r in self._read(sql + " ORDER BY task_id", params)]
 
-    def prediction_versions(self) -> list[str]:
+    def prediction_versions(self, project_id: int) -> list[str]:
         return [r["model_version"] for r in self._read(
-            "SELECT model_version, MIN(created_at) AS first FROM predictions GROUP BY model_version ORDER BY first")]
+            "SELECT model_version, MIN(created_at) AS first FROM predictions WHERE project_id = ? GROUP BY model_version"
+            " ORDER BY first", (project_id,))]
 
-    # -- model versions -------------------------------------------------------------------------------------
-    def add_version(self, name: str, kind: str, status: str, parent: str | None = None, path: str | None = None,
+    # -- model versions: one line per project ---------------------------------------------------------------
+    def add_version(self, project_id: int, name: str, kind: str, status: str, parent: str | None = None, path: str | None = None,
                     data: dict | None = None, metrics: dict | None = None, note: str | None = None) -> Version:
         if not VERSION_NAME.fullmatch(name):
             raise ValueError(f"invalid version name {name!r}: letters, digits, '.', '_' and '-' only, at most 64")
         with self._tx() as db:
             db.execute(
-                "INSERT INTO versions(name, kind, parent, status, path, data, metrics, created_at, note) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(name) DO UPDATE SET status = excluded.status, path = excluded.path, data = excluded.data,"
-                " metrics = excluded.metrics, note = excluded.note",
-                (name, kind, parent, status, path, json.dumps(data or {}), json.dumps(metrics or {}), now(), note))
-        return self.get_version(name)
+                "INSERT INTO versions(project_id, name, kind, parent, status, path, data, metrics, created_at, note)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project_id, name) DO UPDATE SET status = excluded.status,"
+                " path = excluded.path, data = excluded.data, metrics = excluded.metrics, note = excluded.note",
+                (project_id, name, kind, parent, status, path, json.dumps(data or {}), json.dumps(metrics or {}), now(), note))
+        return self.get_version(project_id, name)
 
-    def update_version(self, name: str, **changes) -> None:
+    def update_version(self, project_id: int, name: str, **changes) -> None:
         allowed = {"status", "metrics", "note", "path", "data"}
         if not changes or not set(changes) <= allowed:
             raise ValueError(f"can only update {sorted(allowed)}")
         values = {k: json.dumps(v) if k in {"metrics", "data"} else v for k, v in changes.items()}
         with self._tx() as db:
-            db.execute(f"UPDATE versions SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?", (*values.values(), name))
+            db.execute(f"UPDATE versions SET {', '.join(f'{k} = ?' for k in values)} WHERE project_id = ? AND name = ?",
+                       (*values.values(), project_id, name))
 
-    def promote_version(self, name: str) -> None:
-        """Make `name` the serving version of its kind; the previous one is retired, never deleted."""
+    def promote_version(self, project_id: int, name: str) -> None:
+        """Make `name` the serving version of its kind in the project; the previous one is retired, never deleted."""
         with self._tx() as db:
-            row = db.execute("SELECT kind FROM versions WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT kind FROM versions WHERE project_id = ? AND name = ?", (project_id, name)).fetchone()
             if row is None:
                 raise KeyError(name)
-            db.execute("UPDATE versions SET status = 'retired' WHERE kind = ? AND status = 'serving' AND name != ?", (row["kind"], name))
-            db.execute("UPDATE versions SET status = 'serving', promoted_at = ? WHERE name = ?", (now(), name))
+            db.execute("UPDATE versions SET status = 'retired' WHERE project_id = ? AND kind = ? AND status = 'serving' AND name != ?",
+                       (project_id, row["kind"], name))
+            db.execute("UPDATE versions SET status = 'serving', promoted_at = ? WHERE project_id = ? AND name = ?", (now(), project_id, name))
 
-    def get_version(self, name: str) -> Version | None:
-        rows = self._read("SELECT * FROM versions WHERE name = ?", (name,))
+    def get_version(self, project_id: int, name: str) -> Version | None:
+        rows = self._read("SELECT * FROM versions WHERE project_id = ? AND name = ?", (project_id, name))
         return _version(rows[0]) if rows else None
 
-    def serving_version(self, kind: str) -> Version | None:
-        rows = self._read("SELECT * FROM versions WHERE kind = ? AND status = 'serving' ORDER BY promoted_at DESC LIMIT 1", (kind,))
+    def serving_version(self, project_id: int, kind: str) -> Version | None:
+        rows = self._read("SELECT * FROM versions WHERE project_id = ? AND kind = ? AND status = 'serving'"
+                          " ORDER BY promoted_at DESC LIMIT 1", (project_id, kind))
         return _version(rows[0]) if rows else None
 
-    def versions(self, kind: str | None = None) -> list[Version]:
+    def versions(self, project_id: int | None = None, kind: str | None = None, limit: int | None = None, offset: int = 0,
+                 newest_first: bool = False) -> list[Version]:
+        sql, params = "SELECT * FROM versions WHERE 1=1", []
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            params.append(project_id)
         if kind:
-            rows = self._read("SELECT * FROM versions WHERE kind = ? ORDER BY created_at, name", (kind,))
-        else:
-            rows = self._read("SELECT * FROM versions ORDER BY created_at, name")
-        return [_version(r) for r in rows]
+            sql += " AND kind = ?"
+            params.append(kind)
+        sql += " ORDER BY created_at DESC, name DESC" if newest_first else " ORDER BY created_at, name"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, offset]
+        return [_version(r) for r in self._read(sql, params)]
+
+    def projects_with_versions(self) -> list[int]:
+        return [r["project_id"] for r in self._read("SELECT DISTINCT project_id FROM versions ORDER BY project_id")]
+
+    def count_versions(self, project_id: int | None = None, kind: str | None = None) -> int:
+        sql, params = "SELECT COUNT(*) AS n FROM versions WHERE 1=1", []
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            params.append(project_id)
+        if kind:
+            sql += " AND kind = ?"
+            params.append(kind)
+        return self._read(sql, params)[0]["n"]
+
+    def version_by_data(self, project_id: int, kind: str, **data) -> Version | None:
+        """The newest version of `kind` whose data holds these values (e.g. the fit of a label sequence)."""
+        for version in self.versions(project_id, kind, limit=20, newest_first=True):
+            if all(version.data.get(k) == v for k, v in data.items()):
+                return version
+        return None
+
+    def prune_versions(self, project_id: int, kind: str, keep: int) -> list[str]:
+        """Delete retired versions of `kind` beyond the newest `keep` (serving, candidate and rejected versions
+        stay): the instant model refits all day, and its history must not grow without bound."""
+        with self._tx() as db:
+            rows = db.execute("SELECT name FROM versions WHERE project_id = ? AND kind = ? AND status = 'retired'"
+                              " ORDER BY created_at DESC, name DESC LIMIT -1 OFFSET ?", (project_id, kind, keep)).fetchall()
+            for row in rows:
+                db.execute("DELETE FROM versions WHERE project_id = ? AND name = ?", (project_id, row["name"]))
+        return [row["name"] for row in rows]
 
     # -- jobs -----------------------------------------------------------------------------------------------
-    def request_job(self, kind: str, reason: str, project_id: int | None = None, per_project: bool = False) -> tuple[Job, bool]:
-        """Queue a job unless an unfinished one of the same kind (and project, if `per_project`) exists: requests
-        coalesce. Returns (job, created)."""
+    def request_job(self, kind: str, reason: str, project_id: int) -> tuple[Job, bool]:
+        """Queue a job unless an unfinished one of the same kind exists for the project: requests coalesce per
+        project. Returns (job, created)."""
         with self._tx() as db:
-            sql = f"SELECT * FROM jobs WHERE kind = ? AND status IN ({','.join('?' * len(UNFINISHED))})"
-            params = [kind, *UNFINISHED]
-            if per_project:
-                sql += " AND project_id IS ?"
-                params.append(project_id)
-            row = db.execute(sql + " ORDER BY id LIMIT 1", params).fetchone()
+            row = db.execute(f"SELECT * FROM jobs WHERE kind = ? AND project_id = ? AND status IN ({','.join('?' * len(UNFINISHED))})"
+                             " ORDER BY id LIMIT 1", (kind, project_id, *UNFINISHED)).fetchone()
             if row is not None:
                 return _job(row), False
-            cur = db.execute(
-                "INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, JobStatus.QUEUED, reason, project_id, _current_seq(db), now()))
-            job_id = cur.lastrowid
+            job_id = db.execute(
+                "INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (kind, JobStatus.QUEUED, reason, project_id, _current_seq(db), now())).fetchone()["id"]
         return self.get_job(job_id), True
+
+    def next_queued_job(self, kind: str) -> Job | None:
+        """The queued job to run next, fair between projects: the project whose last job of this kind started
+        longest ago (or never) goes first, so a busy project cannot starve the others."""
+        rows = self._read(
+            "SELECT q.*, (SELECT MAX(started_at) FROM jobs r WHERE r.kind = q.kind AND r.project_id = q.project_id) AS last_started"
+            " FROM jobs q WHERE q.kind = ? AND q.status = ? ORDER BY last_started IS NOT NULL, last_started, q.id LIMIT 1",
+            (kind, JobStatus.QUEUED))
+        if not rows:
+            return None
+        row = dict(rows[0])
+        row.pop("last_started")
+        return _job(row)
 
     def update_job(self, job_id: int, **changes) -> None:
         allowed = {"status", "started_at", "finished_at", "pid", "progress", "version", "error", "label_seq"}
@@ -522,7 +695,8 @@ class Store:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
-    def jobs(self, kind: str | None = None, status: Iterable[str] | None = None, limit: int = 100) -> list[Job]:
+    def jobs(self, kind: str | None = None, status: Iterable[str] | None = None, project_id: int | None = None,
+             limit: int = 100) -> list[Job]:
         sql, params = "SELECT * FROM jobs WHERE 1=1", []
         if kind:
             sql += " AND kind = ?"
@@ -531,13 +705,20 @@ class Store:
             status = list(status)
             sql += f" AND status IN ({','.join('?' * len(status))})"
             params.extend(status)
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            params.append(project_id)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
         return [_job(r) for r in self._read(sql, params)]
 
-    def last_job_label_seq(self, kind: str) -> int:
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        return {(r["kind"], r["status"]): r["n"] for r in self._read("SELECT kind, status, COUNT(*) AS n FROM jobs GROUP BY kind, status")}
+
+    def last_job_label_seq(self, kind: str, project_id: int) -> int:
         """Labels up to this sequence number were (or are being) trained on; failed jobs do not count."""
-        rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND status != ?", (kind, JobStatus.FAILED))
+        rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND project_id = ? AND status != ?",
+                          (kind, project_id, JobStatus.FAILED))
         return rows[0]["s"] or 0
 
 
@@ -548,6 +729,61 @@ def _put_meta(db: sqlite3.Connection, key: str, value: str) -> None:
 def _current_seq(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT value FROM meta WHERE key = 'label_seq'").fetchone()
     return int(row["value"]) if row else 0
+
+
+def _script(conn: sqlite3.Connection, script: str) -> None:
+    """Statement by statement: executescript() would commit the caller's transaction first."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """A store written before projects had their own state: one label space, one version line, a split keyed by
+    text alone. Each label stays with its project; each project gets the split rows of its own texts; the one
+    version line, its jobs and the remembered config go to the project whose config was served last (else the
+    lowest project id, else DEFAULT_PROJECT); counters are computed once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        meta = {r[0]: r[1] for r in conn.execute("SELECT key, value FROM meta")}
+        projects = conn.execute("SELECT project_id, label_config FROM projects ORDER BY project_id").fetchall()
+        owner = next((p[0] for p in projects if p[1] and p[1] == meta.get("label_config")), projects[0][0] if projects else DEFAULT_PROJECT)
+        for table in ("splits", "versions", "jobs", "projects"):
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+        _script(conn, SCHEMA)
+        conn.execute("INSERT INTO splits(project_id, text_key, department, split, assigned_at)"
+                     " SELECT DISTINCT l.project_id, s.text_key, s.department, s.split, s.assigned_at FROM splits_v1 s"
+                     " JOIN labels l ON l.text_key = s.text_key")
+        conn.execute("INSERT INTO split_counts(project_id, department, texts, eval) SELECT project_id, department, COUNT(*),"
+                     " SUM(CASE WHEN split = 'eval' THEN 1 ELSE 0 END) FROM splits GROUP BY project_id, department")
+        conn.execute("INSERT INTO versions(project_id, name, kind, parent, status, path, data, metrics, created_at, promoted_at, note)"
+                     " SELECT ?, name, kind, parent, status, path, data, metrics, created_at, promoted_at, note FROM versions_v1", (owner,))
+        conn.execute("INSERT INTO jobs(id, kind, status, reason, project_id, label_seq, requested_at, started_at, finished_at, pid,"
+                     " progress, version, error) SELECT id, kind, status, reason, COALESCE(project_id, ?), label_seq, requested_at,"
+                     " started_at, finished_at, pid, progress, version, error FROM jobs_v1", (owner,))
+        departments = meta.get("departments")
+        conn.execute("INSERT INTO projects(project_id, label_config, departments, model_version, updated_at)"
+                     " SELECT project_id, label_config, CASE WHEN project_id = ? THEN ? END, model_version, updated_at FROM projects_v1",
+                     (owner, departments))
+        if owner == DEFAULT_PROJECT and meta.get("label_config"):
+            conn.execute("INSERT INTO projects(project_id, label_config, departments, updated_at) VALUES (?,?,?,?)",
+                         (owner, meta["label_config"], departments, now()))
+        conn.execute(
+            "INSERT INTO project_stats(project_id, labels, eval, accepted, corrected, last_seq) SELECT l.project_id, COUNT(*),"
+            " SUM(CASE WHEN s.split = 'eval' THEN 1 ELSE 0 END), SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN l.accepted = 0 THEN 1 ELSE 0 END), MAX(l.seq) FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id"
+            " AND s.text_key = l.text_key GROUP BY l.project_id")
+        for table in ("splits", "versions", "jobs", "projects"):
+            conn.execute(f"DROP TABLE {table}_v1")
+        conn.execute("DELETE FROM meta WHERE key IN ('label_config', 'departments')")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _stored_label(row: sqlite3.Row) -> StoredLabel:
@@ -563,7 +799,13 @@ def _version(row: sqlite3.Row) -> Version:
     return Version(**d)
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row) -> Job:
     d = dict(row)
     d["progress"] = json.loads(d["progress"] or "{}")
     return Job(**d)
+
+
+def _project(row: sqlite3.Row) -> Project:
+    d = dict(row)
+    d["departments"] = tuple(json.loads(d["departments"])) if d["departments"] else None
+    return Project(**d)

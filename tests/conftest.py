@@ -18,7 +18,7 @@ from tools.demo import stop_process
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(model_dir=tmp_path / "model", instant_refit_seconds=0.0, reconcile_seconds=0)
+    return Settings(model_dir=tmp_path / "model", instant_refit_seconds=0.0, reconcile_seconds=0, prepare_wait_seconds=60)
 
 
 @pytest.fixture
@@ -71,9 +71,7 @@ class BackendProcess:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture
-def start_backend(tmp_path, label_studio):
-    """Start `python -m backend` as its own process against the session's Label Studio."""
+def _backend_starter(tmp_path, label_studio):
     started: list[BackendProcess] = []
 
     def start(model_dir: Path | None = None, port: int | None = None, **env) -> BackendProcess:
@@ -86,6 +84,22 @@ def start_backend(tmp_path, label_studio):
         started.append(backend)
         return backend
 
+    return start, started
+
+
+@pytest.fixture
+def start_backend(tmp_path, label_studio):
+    """Start `python -m backend` as its own process against the session's Label Studio."""
+    start, started = _backend_starter(tmp_path, label_studio)
+    yield start
+    for backend in started:
+        stop_process(backend.process)
+
+
+@pytest.fixture
+def running_backend(tmp_path):
+    """Start `python -m backend` as its own process (gunicorn, as in production) with no Label Studio."""
+    start, started = _backend_starter(tmp_path, None)
     yield start
     for backend in started:
         stop_process(backend.process)

@@ -56,3 +56,10 @@ def predict_body(texts: list[str], config: str = LABEL_CONFIG, project: str = "1
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def served_version(backend_url: str, project_id: int) -> str | None:
+    """The model version a running backend serves for a project (its /health lists every project it serves)."""
+    import requests
+
+    return requests.get(f"{backend_url}/health", timeout=5).json()["projects"].get(str(project_id))

@@ -24,7 +24,7 @@ def test_setup_returns_the_serving_model_version(client, service):
     body = post(client, "/setup", {"project": "3.1795892835", "schema": LABEL_CONFIG, "hostname": "http://localhost:8080",
                                    "access_token": "legacy-token", "extra_params": None}).get_json()
     assert body["model_version"].startswith("instant-")
-    assert [p["project_id"] for p in service.store.projects()] == [3]
+    assert [p.project_id for p in service.store.projects()] == [0, 3]  # 0: requests that name no project
 
 
 def test_setup_refuses_a_config_without_a_department_choice(client):
@@ -222,15 +222,17 @@ def test_start_training_answers_at_once_even_without_label_studio_configured(cli
 
 
 def test_new_labels_refit_the_instant_model_into_a_new_version(client, service):
-    first = post(client, "/setup", {"project": "1.1"}).get_json()["model_version"]
-    wait_until(lambda: service.models.serving_version == first, what="first fit")
+    first = post(client, "/setup", {"project": "1.1", "schema": LABEL_CONFIG}).get_json()["model_version"]
+    wait_until(lambda: service.models.serving_version(1) == first, what="the catalog prototypes")
     for i, sample in enumerate(SAMPLES[:10]):
         post(client, "/webhook", annotation_event("ANNOTATION_CREATED", 100 + i, 100 + i, sample["text"], sample["department"]))
-    wait_until(lambda: service.models.serving_version not in (None, first), what="a refit after new labels")
-    versions = client.get("/versions").get_json()
-    assert versions["serving"] == service.models.serving_version
-    assert versions["versions"] == [first, versions["serving"]]
+    wait_until(lambda: service.models.serving_version(1) not in (None, first), timeout=60, what="a refit after new labels")
+    versions = client.get("/versions?project=1").get_json()
+    assert versions["serving"] == service.models.serving_version(1)
+    assert versions["versions"] == [versions["serving"], first]  # newest first
+    assert service.store.get_version(1, versions["serving"]).data["labels"] == 10
     assert post(client, "/setup", {"project": "1.1"}).get_json()["model_version"] == versions["serving"]
+    assert first in client.get("/versions").get_json()["versions"]  # Label Studio asks without a project
 
 
 def test_metrics_expose_requests_labels_and_the_serving_model(client):
@@ -239,8 +241,9 @@ def test_metrics_expose_requests_labels_and_the_serving_model(client):
     text = client.get("/metrics").get_data(as_text=True)
     assert 'backend_http_requests_total{endpoint="/predict",status="200"} 1.0' in text
     assert 'backend_webhooks_total{action="ANNOTATION_CREATED",outcome="created"} 1.0' in text
-    assert "backend_gold_labels{split=" in text
-    assert "backend_serving_model_info{version=\"instant-" in text
+    assert 'backend_gold_labels{project="1",split="train"}' in text
+    assert 'backend_serving_model{project="1",version="instant-' in text
+    assert 'backend_predictions_total{model_kind="instant"} 1.0' in text
 
 
 def test_basic_auth_guards_every_endpoint_but_a_public_health(settings):

@@ -7,7 +7,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from tests.helpers import LABEL_CONFIG, SAMPLES, choice, rationale, wait_until
+from tests.helpers import LABEL_CONFIG, SAMPLES, choice, rationale, served_version, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def test_predictions_reach_label_studio_and_drive_its_uncertainty_order(label_st
     assert [h["url"] for h in hooks] == [f"{backend.url}/webhook"]
 
     ls.actions.create(id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []})
-    version = requests.get(f"{backend.url}/health", timeout=2).json()["model_version"]
+    version = served_version(backend.url, project_id)
     stored_predictions = predictions(label_studio, project_id)
     assert sorted(p["task"] for p in stored_predictions) == sorted(task_ids)
     for p in stored_predictions:
@@ -60,7 +60,7 @@ def test_annotations_become_gold_labels_and_start_training_recovers_a_lost_one(l
     backend = start_backend()
     ls, project_id, ml, task_ids = connect(label_studio, backend, "12345 e2e labels", SAMPLES[:6])
     ls.actions.create(id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []})
-    version = requests.get(f"{backend.url}/health", timeout=2).json()["model_version"]
+    version = served_version(backend.url, project_id)
     wait_until(lambda: ls.projects.get(id=project_id).model_version == version, what="project.model_version")
 
     # create: the label arrives with the prediction the annotator was shown
@@ -94,8 +94,8 @@ def test_annotations_become_gold_labels_and_start_training_recovers_a_lost_one(l
     assert pulled.shown_model_version == version  # filled from the predictions the backend served
 
 
-def serving(backend) -> dict:
-    versions = requests.get(f"{backend.url}/versions", timeout=3).json()
+def serving(backend, project_id: int) -> dict:
+    versions = requests.get(f"{backend.url}/versions", params={"project": project_id}, timeout=3).json()
     return next((v for v in versions["details"] if v["name"] == versions["serving"]), {})
 
 
@@ -104,7 +104,8 @@ def test_nothing_is_lost_across_a_kill_and_restart(label_studio, start_backend):
     ls, project_id, ml, task_ids = connect(label_studio, backend, "12345 e2e restart", SAMPLES[:4])
     ids = [ls.annotations.create(id=t, result=[choice(s["department"])]).id for t, s in zip(task_ids, SAMPLES)]
     assert sorted(l.annotation_id for l in backend.store().labels()) == sorted(ids)
-    before = wait_until(lambda: (v := serving(backend)).get("data", {}).get("label_seq") == backend.store().label_seq() and v,
+    before = wait_until(lambda: (v := serving(backend, project_id)).get("data", {}).get("project_seq")
+                        == backend.store().project_seq(project_id) and v,
                         what="the refit after the new labels")
     backend.kill()
 
@@ -113,6 +114,6 @@ def test_nothing_is_lost_across_a_kill_and_restart(label_studio, start_backend):
     assert sorted(l.annotation_id for l in store.labels()) == sorted(ids)
     assert store.integrity_errors() == []
     # Same labels, same config: the same version name, so Label Studio does not re-predict every task.
-    after = wait_until(lambda: serving(restarted).get("name"), what="the restarted backend's model")
+    after = wait_until(lambda: serving(restarted, project_id).get("name"), what="the restarted backend's model")
     assert after == before["name"]
     assert ls.ml.get(id=ml.id).state == "CO"

@@ -7,7 +7,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from tests.helpers import LABEL_CONFIG, SAMPLES, choice, wait_until
+from tests.helpers import LABEL_CONFIG, SAMPLES, choice, served_version, wait_until
 from tests.test_training import CONFIG as FOUR_DEPARTMENTS
 from tests.test_training import FAST_TRAINING, tickets
 from training.tiny_model import save_tiny_model
@@ -35,10 +35,11 @@ def test_preannotation_fills_the_project_and_label_studio_serves_the_most_uncert
                                         return_task_ids=True).task_ids
     for task_id, sample in zip(task_ids[:2], SAMPLES):
         ls.annotations.create(id=task_id, result=[choice(sample["department"])])
-    seq = backend.store().label_seq()
-    wait_until(lambda: any(v["data"].get("label_seq") == seq and v["status"] == "serving"
-                           for v in requests.get(f"{backend.url}/versions", timeout=3).json()["details"]), what="the refit")
-    version = requests.get(f"{backend.url}/health", timeout=2).json()["model_version"]
+    seq = backend.store().project_seq(project.id)
+    wait_until(lambda: any(v["data"].get("project_seq") == seq and v["status"] == "serving"
+                           for v in requests.get(f"{backend.url}/versions", params={"project": project.id}, timeout=3).json()["details"]),
+               timeout=60, what="the refit")
+    version = served_version(backend.url, project.id)
 
     job = requests.post(f"{backend.url}/preannotate", json={"project": project.id}, timeout=5).json()
     finished = job_done(backend, job["job"])
@@ -70,7 +71,7 @@ def test_labels_submitted_in_label_studio_train_a_new_version_that_label_studio_
     task_ids = ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in rows], return_task_ids=True).task_ids
     wait_until(lambda: requests.get(f"{backend.url}/status", timeout=3).json()["llm"]["state"] == "ready", timeout=120,
                what="the LLM to load")
-    assert requests.get(f"{backend.url}/health", timeout=2).json()["model_version"] == "llm-base"
+    assert wait_until(lambda: served_version(backend.url, project.id) == "llm-base", timeout=60, what="the LLM on the project")
 
     for task_id, (_, department) in zip(task_ids[:48], rows):
         ls.annotations.create(id=task_id, result=[choice(department)])
@@ -79,7 +80,7 @@ def test_labels_submitted_in_label_studio_train_a_new_version_that_label_studio_
     assert "TRAIN_EVERY_N_LABELS=48" in job["reason"]
     finished = job_done(backend, job["id"])
     assert finished["status"] == "promoted", finished
-    wait_until(lambda: requests.get(f"{backend.url}/health", timeout=2).json()["model_version"] == finished["version"],
+    wait_until(lambda: served_version(backend.url, project.id) == finished["version"],
                timeout=60, what="the hot swap")
 
     ls.actions.create(id="retrieve_tasks_predictions", project=project.id,

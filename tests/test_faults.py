@@ -147,19 +147,19 @@ def test_an_adapter_that_cannot_be_saved_fails_the_job_and_the_old_version_keeps
 
     settings = Settings(model_dir=tmp_path / "model", base_model=str(save_tiny_model(tmp_path / "tiny")), reconcile_seconds=0,
                         instant_refit_seconds=0, train_every_n_labels=0, training_device="cpu")
-    settings.model_dir.mkdir()
-    settings.versions_dir.write_text("a file where the versions folder should be: saving any adapter fails")
+    settings.project_dir(1).mkdir(parents=True)
+    (settings.project_dir(1) / "versions").write_text("a file where the versions folder should be: saving any adapter fails")
     app = create_app(settings)
     service, client = app.extensions["service"], app.test_client()
     post(client, "/setup", {"project": "1.1", "schema": FOUR_DEPARTMENTS})
-    wait_until(lambda: service.models.llm_state["state"] == "ready" and len(service.models.space.departments) == 4, timeout=120)
+    wait_until(lambda: service.models.serving_version(1) == "llm-base" and len(service.models.space(1).departments) == 4, timeout=120)
     for i, (text, department) in enumerate(tickets(5, seed=3), start=1):
         post(client, "/webhook", annotation_event("ANNOTATION_CREATED", i, i, text, department, config=FOUR_DEPARTMENTS))
-    job_id = client.post("/jobs").get_json()["job"]
+    job_id = post(client, "/jobs", {"project": 1}).get_json()["job"]
     job = wait_until(lambda: (j := service.store.get_job(job_id)).finished and j, timeout=300, what="the job to end")
     assert job.status == "failed" and "versions" in job.error
-    assert service.models.serving_version == "llm-base"
-    assert {v.name for v in service.store.versions("llm")} == {"llm-base"}  # no half-registered candidate
+    assert service.models.serving_version(1) == "llm-base"
+    assert {v.name for v in service.store.versions(1, "llm")} == {"llm-base"}  # no half-registered candidate
     service.stop()
 
 
@@ -211,7 +211,7 @@ def test_the_service_killed_during_training_takes_the_worker_with_it_and_restart
     for i, (text, department) in enumerate(tickets(5, seed=4), start=1):
         requests.post(f"{backend.url}/webhook", json=annotation_event("ANNOTATION_CREATED", i, i, text, department,
                                                                       config=FOUR_DEPARTMENTS), timeout=5)
-    job_id = requests.post(f"{backend.url}/jobs", timeout=5).json()["job"]
+    job_id = requests.post(f"{backend.url}/jobs", json={"project": 1}, timeout=5).json()["job"]
     running = wait_until(lambda: (j := requests.get(f"{backend.url}/jobs/{job_id}", timeout=5).json())["progress"].get("step", 0) >= 1 and j,
                          timeout=300, what="training progress")
     service_pid = int(Path(f"/proc/{running['pid']}/stat").read_text().split(")")[1].split()[1])  # the worker's parent
@@ -223,9 +223,9 @@ def test_the_service_killed_during_training_takes_the_worker_with_it_and_restart
                what="the interrupted job to be marked")
     job = requests.get(f"{backend.url}/jobs/{job_id}", timeout=5).json()
     assert job["status"] == "failed" and "interrupted" in job["error"]
-    wait_until(lambda: requests.get(f"{backend.url}/health", timeout=5).json()["model_version"] == "llm-base", timeout=120)
-    assert not list((backend.model_dir / "versions").glob(".partial-*"))
-    answer = requests.post(f"{backend.url}/predict", json={"tasks": [{"id": 1, "data": {"text": "停电了"}}],
+    wait_until(lambda: requests.get(f"{backend.url}/health", timeout=5).json()["projects"].get("1") == "llm-base", timeout=120)
+    assert not list(backend.model_dir.glob("projects/*/versions/.partial-*"))
+    answer = requests.post(f"{backend.url}/predict", json={"tasks": [{"id": 1, "data": {"text": "停电了"}}], "project": "1.1",
                                                            "label_config": FOUR_DEPARTMENTS}, timeout=30).json()
     assert answer["results"][0]["model_version"] == "llm-base"
 
@@ -252,13 +252,14 @@ def test_version_names_and_adapter_paths_cannot_leave_model_dir(settings, tmp_pa
     store = Store(settings.store_path)
     for name in ("../../etc", "lora/../../x", "", "a" * 65, "lora 1"):
         with pytest.raises(ValueError, match="invalid version name"):
-            store.add_version(name, "llm", status="candidate")
-    outside = store.add_version("lora-9", "llm", status="candidate", path=str(settings.versions_dir / ".." / ".." / "elsewhere"))
-    manager = ModelManager(store, None, None, settings)
-    with pytest.raises(ValueError, match="outside"):
-        manager._adapter_path(outside)
-    inside = store.add_version("lora-8", "llm", status="candidate", path=str(settings.versions_dir / "lora-8"))
-    assert manager._adapter_path(inside) == str((settings.versions_dir / "lora-8").resolve())
-    done = subprocess.run([sys.executable, "-m", "backend", "rollback", "../../etc/passwd"], cwd=repo_root(), timeout=60,
+            store.add_version(1, name, "llm", status="candidate")
+    versions = settings.project_dir(1) / "versions"
+    manager = ModelManager(store, None, settings)
+    for elsewhere in (versions / ".." / ".." / "elsewhere", settings.project_dir(2) / "versions" / "lora-1"):  # not even a neighbour's
+        with pytest.raises(ValueError, match="outside"):
+            manager._adapter_path(store.add_version(1, "lora-9", "llm", status="candidate", path=str(elsewhere)))
+    inside = store.add_version(1, "lora-8", "llm", status="candidate", path=str(versions / "lora-8"))
+    assert manager._adapter_path(inside) == str((versions / "lora-8").resolve())
+    done = subprocess.run([sys.executable, "-m", "backend", "rollback", "../../etc/passwd", "--project", "1"], cwd=repo_root(), timeout=60,
                           env={**os.environ, "MODEL_DIR": str(settings.model_dir)}, capture_output=True, text=True)
     assert done.returncode == 2 and "is not a version name" in done.stderr

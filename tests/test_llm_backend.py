@@ -52,14 +52,15 @@ def test_ten_hot_swaps_leave_no_thread_and_no_memory_behind(settings, tiny_model
     app = create_app(settings.replace(base_model=str(tiny_model_dir), predict_batch_size=4))
     service, client = app.extensions["service"], app.test_client()
     wait_until(lambda: service.models.llm_state["state"] == "ready", timeout=120, what="the LLM to load")
-    version = service.store.serving_version(ModelKind.LLM)
+    wait_until(lambda: service.models.serving_version(1) == "llm-base", timeout=60, what="project 1 on the LLM")
+    version = service.store.serving_version(1, ModelKind.LLM)
     body = predict_body([s["text"] for s in SAMPLES[:4]])
     scorers = []
 
     def swap_and_predict():
-        service.models.activate_llm(version)  # a promotion or a rollback: a new scorer, its own batching thread
+        service.models.activate_llm(1, version)  # a promotion or a rollback: a new scorer, its own batching thread
         assert post(client, "/predict", body).status_code == 200
-        scorers.append(weakref.ref(service.models.serving().inner))
+        scorers.append(weakref.ref(service.models.line(1).serving.inner))
 
     for _ in range(3):  # allocator and caches warm
         swap_and_predict()

@@ -12,18 +12,26 @@ from hypothesis import strategies as st
 
 from annotation_config.catalog import Catalog, CatalogError, parse_catalog
 from backend.app import create_app
+from backend.service import project_id_of
 from core.labeling import LabelConfigError, LabelSpace, parse_label_config
 from core.settings import Settings
+from core.text import clean, has_content
 from tests.helpers import LABEL_CONFIG, SAMPLES, annotation_event, choice
 
 DEPARTMENTS = parse_label_config(LABEL_CONFIG).departments
 PROPERTY = hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats(allow_nan=True) | st.text(max_size=40)
+# Strings with lone surrogates (JSON carries them as "\\ud800" escapes) and integers JSON parsers refuse to convert.
+hostile_text = st.text(alphabet=st.characters(codec=None, categories=["Cs", "Lo", "Nd", "No", "Cc", "Cf", "Zs", "Po"]), max_size=30)
+HUGE_INT = "<an integer of 5000 digits>"  # Python cannot even build it from text; spliced into the JSON by dumps()
+huge_int = st.just(HUGE_INT)
+unicode_ids = st.sampled_from(["①.1", "²", "١٢", "１２.3", "12\u200b", " 12", "12 ", "+12", "-0"])
+scalars = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats(allow_nan=True) | st.text(max_size=40)
+           | hostile_text | huge_int)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
                            max_leaves=25)
 ids = st.one_of(st.integers(min_value=-5, max_value=10**6), st.sampled_from([2**63 - 1, 2**63, 2**70]), st.text(max_size=5),
-                st.none(), st.booleans(), st.floats())  # SQLite's INTEGER ends at 2**63 - 1
+                st.none(), st.booleans(), st.floats(), unicode_ids, huge_int)  # SQLite's INTEGER ends at 2**63 - 1
 texts = st.one_of(st.text(max_size=60), st.just(""), st.just("长" * 20_001), st.sampled_from([s["text"] for s in SAMPLES[:5]]), scalars)
 departments = st.one_of(st.sampled_from(DEPARTMENTS), st.text(max_size=12), scalars)
 
@@ -35,12 +43,19 @@ def app(tmp_path_factory):
     app.extensions["service"].stop()
 
 
+def dumps(body) -> bytes:
+    return json.dumps(body, allow_nan=True).replace(json.dumps(HUGE_INT), "9" * 5000).encode()
+
+
 def send(app, path: str, data: bytes, content_type: str = "application/json"):
-    response = app.test_client().post(path, data=data, content_type=content_type)
-    assert response.status_code < 500, (path, data[:200], response.get_data(as_text=True)[:300])
+    client = app.test_client()
+    response = client.post(path, data=data, content_type=content_type)
+    assert response.status_code < 500 or response.status_code == 503 and "being prepared" in response.get_json()["error"], (
+        path, data[:200], response.get_data(as_text=True)[:300])
     if response.status_code >= 400:
         body = response.get_json()
         assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], response.get_data(as_text=True)
+    assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200  # whatever came before
     return response
 
 
@@ -48,7 +63,8 @@ def assert_store_valid(app):
     for label in app.extensions["service"].store.labels():
         assert label.annotation_id > 0 and label.task_id > 0
         assert label.department in DEPARTMENTS
-        assert label.text.strip() and len(label.text) <= 20_000
+        assert has_content(label.text) and len(label.text) <= 20_000
+        json.dumps([label.text, label.annotator, label.rationale, label.created_at], ensure_ascii=False).encode("utf-8")  # storable, no surrogate
     assert app.extensions["service"].store.integrity_errors() == []
 
 
@@ -57,8 +73,16 @@ def assert_store_valid(app):
                                                           "schema": st.one_of(st.just(LABEL_CONFIG), scalars)})),
        path=st.sampled_from(["/predict", "/webhook", "/setup", "/preannotate", "/jobs"]))
 def test_any_json_body_gets_an_answer_not_a_crash(app, body, path):
-    send(app, path, json.dumps(body, allow_nan=True).encode())
+    send(app, path, dumps(body))
     assert_store_valid(app)
+
+
+@PROPERTY
+@given(depth=st.integers(min_value=1, max_value=5000), path=st.sampled_from(["/predict", "/webhook", "/setup", "/jobs"]),
+       opener=st.sampled_from(['[', '{"a":']))
+def test_deeply_nested_json_gets_an_answer_not_a_crash(app, depth, path, opener):
+    closer = "]" if opener == "[" else "}"
+    send(app, path, ('{"project": ' + opener * depth + "1" + closer * depth + "}").encode())
 
 
 @PROPERTY
@@ -80,11 +104,12 @@ def test_annotation_webhooks_store_only_valid_labels(app, annotation_id, task_id
     event["project"]["id"] = project
     if not cancelled:
         event["annotation"]["result"] = [choice(department) if isinstance(department, str) else {"value": department}] + extra_result
-    response = send(app, "/webhook", json.dumps(event, allow_nan=True).encode())
-    valid = (isinstance(annotation_id, int) and not isinstance(annotation_id, bool) and 0 < annotation_id < 2**63
-             and isinstance(project, int) and not isinstance(project, bool) and project > 0)
+    response = send(app, "/webhook", dumps(event))
+    ascii_id = isinstance(annotation_id, str) and annotation_id.isascii() and annotation_id.isdigit()
+    valid = ((isinstance(annotation_id, int) and not isinstance(annotation_id, bool) or ascii_id) and 0 < int(annotation_id) < 2**63
+             and project_id_of({"id": project}) is not None)
     if response.status_code == 200 and response.get_json().get("outcome") == "created":
-        assert valid and isinstance(text, str) and text.strip() and department in DEPARTMENTS
+        assert valid and isinstance(text, str) and has_content(clean(text)) and department in DEPARTMENTS
     assert_store_valid(app)
 
 
@@ -95,7 +120,7 @@ def test_annotation_webhooks_store_only_valid_labels(app, annotation_id, task_id
        project=st.one_of(ids, st.just("1.1795892835"), st.just("99999999999999999999999.1")))
 def test_predict_answers_every_task_in_order_or_refuses(app, tasks, config, project):
     body = {"tasks": tasks, "label_config": config, "project": project}
-    response = send(app, "/predict", json.dumps(body, allow_nan=True).encode())
+    response = send(app, "/predict", dumps(body))
     if response.status_code == 200:
         results = response.get_json()["results"]
         assert len(results) == len(tasks)

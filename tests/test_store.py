@@ -1,7 +1,9 @@
 """The gold-label store: durable, idempotent, order-tolerant, with a frozen stratified evaluation split."""
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
+from pathlib import Path
 
 from core.jobs import JobStatus
 from core.store import Label, Store, now, text_key
@@ -80,16 +82,69 @@ def test_reconcile_of_one_project_leaves_other_projects_alone(tmp_path):
     assert [l.annotation_id for l in store.labels()] == [2]
 
 
-def test_jobs_coalesce_while_one_is_active(tmp_path):
+def test_jobs_coalesce_per_project_while_one_is_active(tmp_path):
     store = Store(tmp_path / "s.sqlite3")
-    job, created = store.request_job("train", "threshold")
-    again, created_again = store.request_job("train", "START_TRAINING")
+    job, created = store.request_job("train", "threshold", project_id=1)
+    again, created_again = store.request_job("train", "START_TRAINING", project_id=1)
     assert created and not created_again and again.id == job.id
     store.update_job(job.id, status=JobStatus.EVALUATING)  # trained, the gate still running: not finished yet
-    assert not store.request_job("train", "threshold")[1]
+    assert not store.request_job("train", "threshold", project_id=1)[1]
+    other, created_other = store.request_job("train", "threshold", project_id=2)
+    assert created_other and other.id != job.id
     store.update_job(job.id, status=JobStatus.PROMOTED, finished_at=now())
-    _, created_after = store.request_job("train", "threshold")
-    assert created_after
-    first, _ = store.request_job("preannotate", "promoted", project_id=1, per_project=True)
-    other, created_other = store.request_job("preannotate", "promoted", project_id=2, per_project=True)
-    assert created_other and other.id != first.id
+    assert store.request_job("train", "threshold", project_id=1)[1]
+
+
+def test_the_next_job_is_the_project_that_waited_longest(tmp_path):
+    store = Store(tmp_path / "s.sqlite3")
+    busy = [store.request_job("train", "x", project_id=1)[0]]
+    store.update_job(busy[0].id, status=JobStatus.RUNNING, started_at="2026-01-01T10:00:00Z")
+    store.update_job(busy[0].id, status=JobStatus.PROMOTED, finished_at=now())
+    again, _ = store.request_job("train", "x", project_id=1)  # queued first
+    quiet, _ = store.request_job("train", "x", project_id=2)  # queued later, but project 2 never ran
+    assert store.next_queued_job("train").id == quiet.id
+    store.update_job(quiet.id, status=JobStatus.RUNNING, started_at="2026-01-01T11:00:00Z")
+    assert store.next_queued_job("train").id == again.id
+
+
+def test_each_project_has_its_own_split_version_line_and_counters(tmp_path):
+    store = Store(tmp_path / "s.sqlite3", eval_fraction=0.5)
+    for i in range(1, 9):
+        store.upsert_label(label(i, text="同一张工单" if i < 5 else f"工单 {i}", project_id=1 + (i % 2)))
+    assert all(len({l.split for l in store.labels(p) if l.text == "同一张工单"}) == 1 for p in (1, 2))
+    store.add_version(1, "instant-1", "instant", status="candidate")
+    store.add_version(2, "instant-1", "instant", status="candidate")  # the same name in another project's line
+    store.promote_version(1, "instant-1")
+    assert store.serving_version(1, "instant").name == "instant-1" and store.serving_version(2, "instant") is None
+    assert store.label_stats(1)["labels"] == 4 and store.label_stats(2)["labels"] == 4 and store.label_stats()["labels"] == 8
+    store.delete_labels([1, 3])
+    assert store.label_stats(2)["labels"] == 2 and store.integrity_errors() == []
+    assert store.project_seq(2) == store.label_seq() and store.project_seq(1) < store.label_seq()
+
+
+def test_the_evaluation_split_stops_growing_at_its_cap(tmp_path):
+    store = Store(tmp_path / "s.sqlite3", eval_fraction=0.2, eval_max_per_department=3)
+    for i in range(1, 101):
+        store.upsert_label(label(i))
+    assert len(store.labels(split="eval")) == 3
+    assert store.label_stats()["eval"] == 3 and store.integrity_errors() == []
+
+
+def test_a_store_from_before_projects_is_migrated_and_keeps_every_label(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript((Path(__file__).parent / "fixtures" / "store_v1.sql").read_text(encoding="utf-8"))
+    old.close()
+    store = Store(path)
+    assert [(l.annotation_id, l.project_id) for l in store.labels()] == [(1, 3), (2, 3), (3, 3), (4, 5), (5, 3)]
+    first, copy = store.get_label(1), store.get_label(5)  # the same text twice: one split
+    assert first.text_key == copy.text_key and first.split == copy.split
+    assert store.integrity_errors() == []
+    assert store.label_stats(3) == {"labels": 4, "eval": sum(l.split == "eval" for l in store.labels(3)), "accepted": 3, "corrected": 1}
+    # the one version line and its jobs went to project 3, the project whose config was served
+    assert store.serving_version(3, "llm").name == "lora-1" and store.serving_version(3, "instant").name == "instant-1"
+    assert store.versions(5) == [] and store.get_job(1).project_id == 3
+    assert store.project(3).departments == ("市公安局", "市教育局") and store.project(3).model_version == "instant-1"
+    assert store.upsert_label(label(9, project_id=3)) == "deleted"  # tombstones survive
+    Store(path)  # opening a migrated store again changes nothing
+    assert len(store.labels()) == 5

@@ -20,28 +20,30 @@ FLAT_F1_PER_100_LABELS = 0.01
 STABLE_CHURN = 0.05
 
 
-def convergence_report(store: Store) -> dict:
+def convergence_report(store: Store, project_id: int) -> dict:
+    """The stopping signal of one project's model line."""
     series = {}
     for kind in ModelKind:
         points = []
-        for v in store.versions(kind):
+        for v in store.versions(project_id, kind):
             if v.metrics.get("accuracy") is None:
                 continue
             points.append({"version": v.name, "status": v.status, "created_at": v.created_at, "labels": v.data.get("labels"),
                            "eval_n": v.metrics.get("n"), "accuracy": v.metrics["accuracy"], "macro_f1": v.metrics["macro_f1"]})
         series[kind] = points
-    churn = _churn(store)
+    churn = _churn(store, project_id)
     slope = _recent_slope(series[ModelKind.INSTANT])
-    return {"series": series, "churn": churn, "instant_macro_f1_per_100_labels": slope, "advice": _advice(slope, churn)}
+    return {"project": project_id, "series": series, "churn": churn, "instant_macro_f1_per_100_labels": slope,
+            "advice": _advice(slope, churn)}
 
 
-def _churn(store: Store) -> dict | None:
-    versions = store.prediction_versions()
+def _churn(store: Store, project_id: int) -> dict | None:
+    versions = store.prediction_versions(project_id)
     if len(versions) < 2:
         return None
     older, newer = versions[-2], versions[-1]
-    before = {(p["project_id"], p["task_id"]): p["department"] for p in store.predictions(model_version=older)}
-    after = {(p["project_id"], p["task_id"]): p["department"] for p in store.predictions(model_version=newer)}
+    before = {p["task_id"]: p["department"] for p in store.predictions(project_id, model_version=older)}
+    after = {p["task_id"]: p["department"] for p in store.predictions(project_id, model_version=newer)}
     common = before.keys() & after.keys()
     if not common:
         return {"from": older, "to": newer, "tickets": 0, "changed": 0, "share": None}
@@ -97,16 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     from core.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m backend convergence", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for convergence.json and convergence.png (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="folder for convergence[-PROJECT].json and .png (default: %(default)s)")
+    parser.add_argument("--project", type=int, metavar="ID", help="only this Label Studio project (default: every project, one report each)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if not settings.store_path.exists():
         print(f"error: no label store at {settings.store_path} (set MODEL_DIR)", file=sys.stderr)
         return 2
-    report = convergence_report(Store(settings.store_path))
+    store = Store(settings.store_path)
+    known = store.projects_with_versions()
+    if args.project is not None and args.project not in known:
+        print(f"error: project {args.project} has no model versions; projects with versions: {known or 'none'}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "convergence.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    plot_convergence(report, args.out / "convergence.png")
-    print(report["advice"])
-    print(f"wrote {args.out / 'convergence.json'} and {args.out / 'convergence.png'}")
+    for project_id in [args.project] if args.project is not None else known:
+        report = convergence_report(store, project_id)
+        name = f"convergence-{project_id}"
+        (args.out / f"{name}.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        plot_convergence(report, args.out / f"{name}.png")
+        print(f"project {project_id}: {report['advice']} ({args.out / name}.json, .png)")
     return 0

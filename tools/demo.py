@@ -28,12 +28,12 @@ PROJECT_TITLE = "12345 热线工单分派 Ticket routing"
 BACKEND_TITLE = "12345-department-router"
 
 
-def start_backend(settings: Settings, model_dir: Path, port: int, ls: local_label_studio.LabelStudio,
+def start_backend(settings: Settings, model_dir: Path, port: int, ls: local_label_studio.LabelStudio | None,
                   log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The backend as its own process, exactly as `python -m backend` runs in production."""
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "PORT": str(port), "HOST": "127.0.0.1",
-           "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "LOG_LEVEL": settings.log_level,
-           **(extra_env or {})}
+    """The backend as its own process, exactly as `python -m backend` runs in production (without a Label Studio
+    connection when `ls` is None)."""
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": settings.log_level,
+           **({"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token} if ls else {}), **(extra_env or {})}
     with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen([sys.executable, "-m", "backend", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd=Path(__file__).resolve().parent.parent)

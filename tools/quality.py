@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"project {args.project}" if args.project is not None else "the store"
         print(f"error: {where} has no gold labels yet: annotate tasks in Label Studio first", file=sys.stderr)
         return 2
-    report = quality_report(labels, store.departments() or sorted({l.department for l in labels}), args.folds, args.seed)
+    project = store.project(args.project) if args.project is not None else None
+    departments = project.departments if project is not None and project.departments else sorted({l.department for l in labels})
+    report = quality_report(labels, departments, args.folds, args.seed)
     json_path, html_path = write_report(report, args.out)
     summary, agreement = report["summary"], report["annotator_agreement"]
     print(f"{summary['labels']} labels, {summary['departments']} departments: {summary['suspected_errors']} suspected errors"

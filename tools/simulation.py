@@ -42,6 +42,7 @@ from learning.strategies import STRATEGIES, strategy
 DEFAULT_STRATEGIES = ("random", "least-confidence", "margin", "entropy", "balanced-margin")
 REFERENCE = "random"
 CSV_COLUMNS = ("strategy", "seed", "labels", "accuracy", "macro_f1", "seconds")
+PROJECT = 1  # the throwaway store holds one project
 
 
 class SimulationInputError(ValueError):
@@ -109,13 +110,13 @@ class _ThrowawayProject:
         config = render_labeling_config(self.catalog)
         self.space = parse_label_config(config)
         self.store = Store(self.settings.store_path, eval_fraction=self.settings.eval_fraction)
-        self.store.set_label_space(config, self.space.departments)
+        self.store.remember_project(PROJECT, config, self.space.departments)
         self._annotations = 0
 
     def annotate(self, texts: Sequence[str], labels: Sequence[str]) -> None:
         for text, label in zip(texts, labels):
             self._annotations += 1
-            self.store.upsert_label(Label(annotation_id=self._annotations, project_id=1, task_id=self._annotations,
+            self.store.upsert_label(Label(annotation_id=self._annotations, project_id=PROJECT, task_id=self._annotations,
                                           text=text, department=label, source="simulation"))
 
     def close(self) -> None:
@@ -132,7 +133,7 @@ class InstantModel:
     def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
         project = self._project
         project.annotate(texts, labels)
-        clf, _ = fit_on_labels(f"simulation-{project.store.label_seq()}", project.space.departments, project.store.labels(),
+        clf, _ = fit_on_labels(f"simulation-{project.store.label_seq()}", project.space.departments, project.store.labels(PROJECT),
                                project.catalog.seed_texts(), project.settings.max_text_chars)
         return clf
 
@@ -179,12 +180,12 @@ class LlmModel:
 
         project = self._project
         project.annotate(texts, labels)
-        job, _ = project.store.request_job(JobKind.TRAIN, "active-learning simulation")
+        job, _ = project.store.request_job(JobKind.TRAIN, "active-learning simulation", PROJECT)
         launch_worker("training.round", ["--job", str(job.id)], {**os.environ, **project.settings.to_env()}).wait()
         job = project.store.get_job(job.id)
         if job.status == JobStatus.FAILED or not job.finished:
             raise RuntimeError(f"training round {job.id} failed: {job.error or 'the worker exited without finishing it'}")
-        serving = project.store.serving_version(ModelKind.LLM)
+        serving = project.store.serving_version(PROJECT, ModelKind.LLM)
         if serving.name not in self._engine.adapters():
             self._engine.load_adapter(serving.path, serving.name)
         return LlmScorer(self._engine, serving.name, project.space.departments,

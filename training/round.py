@@ -54,11 +54,11 @@ def stratified_sample(labels: list[StoredLabel], k: int, seed: int) -> list[Stor
     return sample
 
 
-def choose_data(store: Store, departments: tuple[str, ...], parent_seq: int, config: TrainingConfig):
-    train = [l for l in store.labels(split="train") if l.department in departments]
+def choose_data(store: Store, project_id: int, departments: tuple[str, ...], parent_seq: int, config: TrainingConfig):
+    train = [l for l in store.labels(project_id, split="train") if l.department in departments]
     new = [l for l in train if l.seq > parent_seq]
     replay = stratified_sample([l for l in train if l.seq <= parent_seq], round(config.replay_ratio * len(new)), config.seed)
-    held_out = [l for l in store.labels(split="eval") if l.department in departments]
+    held_out = [l for l in store.labels(project_id, split="eval") if l.department in departments]
     return new, replay, held_out
 
 
@@ -216,8 +216,9 @@ def save_adapter(model, versions_dir: Path, name: str, metadata: dict) -> Path:
     return final
 
 
-def next_version_name(store: Store) -> str:
-    numbers = [int(v.name.split("-")[1]) for v in store.versions(ModelKind.LLM) if v.name.startswith("lora-") and v.name.split("-")[1].isdigit()]
+def next_version_name(store: Store, project_id: int) -> str:
+    numbers = [int(v.name.split("-")[1]) for v in store.versions(project_id, ModelKind.LLM)
+               if v.name.startswith("lora-") and v.name.split("-")[1].isdigit()]
     return f"lora-{max(numbers, default=0) + 1}"
 
 
@@ -241,21 +242,24 @@ def gate(candidate: dict, serving: dict, tolerance: float) -> tuple[bool, str]:
 # -- the round --------------------------------------------------------------------------------------------------
 def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     """Returns the job's final status: promoted, rejected or succeeded (nothing new to learn)."""
-    from core.labeling import parse_label_config
     from training.loading import load_model, resolve_device
 
-    store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
+    store = Store(settings.store_path, eval_fraction=settings.eval_fraction, eval_max_per_department=settings.eval_max_per_department)
     # 1. claim the job
+    project_id = store.get_job(job_id).project_id
     seq = store.label_seq()
     store.update_job(job_id, status=JobStatus.RUNNING, started_at=now(), pid=os.getpid(), label_seq=seq,
                      progress={"phase": "preparing"})
-    departments = store.departments() or parse_label_config(Path(settings.labeling_config).read_text(encoding="utf-8")).departments
-    parent = store.serving_version(ModelKind.LLM)
+    project = store.project(project_id)
+    if project is None or not project.departments:
+        raise RuntimeError(f"project {project_id} has no labeling config yet: connect it in Label Studio first")
+    departments = project.departments
+    parent = store.serving_version(project_id, ModelKind.LLM)
 
     # 2. choose the data
-    new, replay, held_out = choose_data(store, departments, (parent.data.get("label_seq", 0) if parent else 0), config)
-    log.info("job %d: %d new labels, %d replayed, %d held out for the gate; parent %s", job_id, len(new), len(replay),
-             len(held_out), parent.name if parent else "base model")
+    new, replay, held_out = choose_data(store, project_id, departments, (parent.data.get("label_seq", 0) if parent else 0), config)
+    log.info("job %d, project %d: %d new labels, %d replayed, %d held out for the gate; parent %s", job_id, project_id, len(new),
+             len(replay), len(held_out), parent.name if parent else "base model")
     if not new:
         store.update_job(job_id, status=JobStatus.SUCCEEDED, finished_at=now(), progress={"phase": "done"},
                          error="no new gold labels since the serving version: nothing to train")
@@ -281,13 +285,13 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
     log.info("job %d trained: %s", job_id, stats)
 
     # 5. save
-    name = next_version_name(store)
+    name = next_version_name(store, project_id)
     metadata = {"job": job_id, "parent": parent.name if parent else None, "base_model": settings.base_model,
-                "label_seq": seq, "labels": store.label_stats()["labels"], "new_labels": len(new),
+                "label_seq": seq, "labels": store.label_stats(project_id)["labels"], "new_labels": len(new),
                 "replay_labels": len(replay), **stats,
                 "config": {k: v for k, v in config.to_env().items()}}
-    path = save_adapter(model, settings.versions_dir, name, metadata)
-    store.add_version(name, ModelKind.LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)
+    path = save_adapter(model, settings.project_dir(project_id) / "versions", name, metadata)
+    store.add_version(project_id, name, ModelKind.LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)
 
     # 6. gate: both versions on the same frozen split
     store.update_job(job_id, status=JobStatus.EVALUATING, version=name, progress={"phase": "evaluating", "step": stats["steps"],
@@ -308,17 +312,17 @@ def run_round(job_id: int, settings: Settings, config: TrainingConfig) -> str:
         serving = evaluate(engine, None, parent.name if parent else "base", departments, held_out, settings.predict_batch_size)
     promote, reason = gate(candidate, serving, config.promote_tolerance)
     report = {**candidate, "serving_version": parent.name if parent else None, "serving_metrics": serving, "gate": reason}
-    store.update_version(name, metrics=report, note=reason)
+    store.update_version(project_id, name, metrics=report, note=reason)
     if parent:
-        store.update_version(parent.name, metrics={**parent.metrics, "on_split_of": name, **serving})
+        store.update_version(project_id, parent.name, metrics={**parent.metrics, "on_split_of": name, **serving})
     if promote:
-        store.promote_version(name)
+        store.promote_version(project_id, name)
     else:
-        store.update_version(name, status="rejected")
+        store.update_version(project_id, name, status="rejected")
     status = JobStatus.PROMOTED if promote else JobStatus.REJECTED
     store.update_job(job_id, status=status, finished_at=now(), progress={"phase": "done", "step": stats["steps"],
                                                                          "total_steps": stats["steps"]})
-    log.info("job %d: %s %s (%s)", job_id, name, status, reason)
+    log.info("job %d, project %d: %s %s (%s)", job_id, project_id, name, status, reason)
     return status
 
 
