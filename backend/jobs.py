@@ -13,15 +13,33 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
-from core.jobs import IN_PROGRESS, JobStatus, launch_worker
+from core.jobs import IN_PROGRESS, JobStatus, launch_worker, worker_id
 from core.settings import Settings
 from core.store import Job, Store, now
 
 log = logging.getLogger(__name__)
+
+
+def _died_here(claimed_by: str | None) -> bool:
+    """The job's claimant was a process of this machine that no longer exists (or the job was never claimed)."""
+    if claimed_by is None:
+        return True
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class JobRunner:
@@ -32,6 +50,7 @@ class JobRunner:
         self.store = store
         self.on_finished = on_finished
         self.jobs_dir = settings.model_dir / "jobs"
+        self.worker = worker_id()
         self._wake = threading.Event()
         self._stopped = False
         self.current: subprocess.Popen | None = None
@@ -54,16 +73,22 @@ class JobRunner:
         return job, created
 
     def _recover(self) -> None:
+        """Jobs this machine was running when its service died are failed at once (their workers died with it);
+        jobs of other machines are left to the heartbeat: they may well be running."""
         for job in self.store.jobs(kind=self.kind, status=IN_PROGRESS):
-            self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
-                                  error="interrupted: the backend stopped while this job ran")
-            log.warning("%s job %d was interrupted by a restart; marked failed", self.kind, job.id)
+            if _died_here(job.claimed_by):
+                self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
+                                      error="interrupted: the backend stopped while this job ran")
+                log.warning("%s job %d was interrupted by a restart; marked failed", self.kind, job.id)
         for partial in self.settings.model_dir.glob("projects/*/*/.partial-*"):
             shutil.rmtree(partial, ignore_errors=True)
 
     def _loop(self) -> None:
         while not self._stopped:
-            job = self.store.next_queued_job(self.kind)
+            silent_since = (datetime.now(UTC) - timedelta(seconds=self.settings.job_lost_after_seconds)).isoformat(timespec="milliseconds")
+            for lost in self.store.fail_lost_jobs(self.kind, silent_since):
+                log.warning("%s job %d was lost (%s stopped answering); queued again", self.kind, lost.id, lost.claimed_by)
+            job = self.store.claim_job(None, self.kind, self.worker)
             if job is None:
                 self._wake.wait(timeout=2.0)
                 self._wake.clear()
@@ -82,7 +107,8 @@ class JobRunner:
     def _run(self, job: Job) -> None:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.jobs_dir / f"{job.id}.log"
-        self.current = launch_worker(self.module, ["--job", str(job.id)], {**os.environ, **self.settings.to_env()}, log_path)
+        self.current = launch_worker(self.module, ["--job", str(job.id), "--claimed-by", self.worker],
+                                     {**os.environ, **self.settings.to_env()}, log_path)
         self.store.update_job(job.id, pid=self.current.pid)
         log.info("%s job %d (project %d) started (pid %d, log %s)", self.kind, job.id, job.project_id, self.current.pid, log_path)
         code = self.current.wait()

@@ -25,7 +25,7 @@ from core.annotations import NotGold, gold_label
 from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
 from core.settings import Settings
-from core.store import DEFAULT_PROJECT, Store, now
+from core.store import DEFAULT_PROJECT, now, open_store
 from core.text import brief, has_content
 from learning import refit
 
@@ -67,8 +67,7 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.model_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.store_path, eval_fraction=settings.eval_fraction,
-                           eval_max_per_department=settings.eval_max_per_department)
+        self.store = open_store(settings)
         self.metrics = Metrics(self.snapshot)
         self.background = Background(threads=2)
         default_space = parse_label_config(Path(settings.labeling_config).read_text(encoding="utf-8"))

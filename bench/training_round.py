@@ -31,7 +31,7 @@ from pathlib import Path
 from annotation_config.catalog import DEFAULT_LABELING_CONFIG, load_catalog
 from core.jobs import JobKind, ModelKind, launch_worker
 from core.settings import Settings, TrainingConfig
-from core.store import Label, Store
+from core.store import Label, Store, open_store
 
 PADDED_LENGTH = 896
 
@@ -74,7 +74,7 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
              name: str = "ours") -> dict:
     """A round exactly as the service runs it; called again with more labels it continues from the promoted adapter."""
     settings = Settings(model_dir=work / "ours", base_model=base_model, training_device="cuda")
-    store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
+    store = open_store(settings)
     for i, (text, department) in enumerate(labels, start=first_id):
         store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=department))
     store.remember_project(1, DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)

@@ -92,7 +92,8 @@ class Settings(EnvConfig):
     max_choices: int = setting("MAX_CHOICES", 2000, "a labeling config with more choices (departments) than this is refused with 422")
     prepare_wait_seconds: float = setting("PREPARE_WAIT_SECONDS", 10.0, "how long /predict waits for a project whose labeling config is new to get its model before answering 503 (retry shortly); /setup waits at most 2 s")
     # Storage and models
-    model_dir: Path = setting("MODEL_DIR", Path("models"), "where the label store (SQLite), model versions and job logs live")
+    model_dir: Path = setting("MODEL_DIR", Path("models"), "where the label store (SQLite), model versions and job logs live; with several replicas, a volume they share")
+    store_url: str = setting("STORE_URL", "", "the label store: empty for the SQLite file under MODEL_DIR (one machine), or postgresql://user:password@host:port/database for several replicas and workers")
     labeling_config: Path = setting("LABEL_CONFIG", DEFAULT_LABELING_CONFIG, "labeling config used before Label Studio sends one (the project's config wins once it arrives)")
     catalog: Path = setting("CATALOG", DEFAULT_CATALOG, "department catalog; its duties texts seed the instant model")
     project_catalogs: str = setting("PROJECT_CATALOGS", "", "catalogs of particular projects, e.g. '3=catalogs/pudong.json,4=catalogs/pudong.json' (districts sharing one); other projects use CATALOG")
@@ -108,10 +109,13 @@ class Settings(EnvConfig):
     instant_refit_seconds: float = setting("INSTANT_REFIT_SECONDS", 2.0, "a project's instant model is refitted (in a worker process) at most this often while labels arrive")
     instant_versions_kept: int = setting("INSTANT_VERSIONS_KEPT", 20, "retired instant-model versions kept per project (older ones are pruned from the registry and the disk)")
     train_every_n_labels: int = setting("TRAIN_EVERY_N_LABELS", 200, "queue an LLM fine-tuning job after this many new gold labels (0: only on START_TRAINING)")
+    job_lost_after_seconds: float = setting("JOB_LOST_AFTER_SECONDS", 120.0, "a running job whose worker has not said it is alive for this long (killed, its machine gone) is failed and queued again")
     reconcile_seconds: float = setting("RECONCILE_SECONDS", 600.0, "pull all annotations from Label Studio this often to recover lost webhooks (0: only on START_TRAINING)")
     training_device: str = setting("TRAINING_DEVICE", "auto", "where the LLM runs: auto (CUDA if present), cuda or cpu")
 
     def validate(self) -> None:
+        if self.store_url and not self.store_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError(f"STORE_URL must be a postgresql:// URL (or empty for SQLite under MODEL_DIR), got {self.store_url[:40]!r}")
         if not 0 < self.port < 65536:
             raise SettingsError(f"PORT must be between 1 and 65535, got {self.port}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -127,7 +131,7 @@ class Settings(EnvConfig):
             raise SettingsError(f"TRAINING_DEVICE must be auto, cuda or cpu, got {self.training_device!r}")
         for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length",
                      "label_studio_timeout", "label_studio_attempts", "max_projects", "max_choices", "eval_max_per_department", "adapter_cache_mb",
-                     "suggestions", "instant_versions_kept"):
+                     "suggestions", "instant_versions_kept", "job_lost_after_seconds"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be positive")
 
@@ -149,8 +153,9 @@ class Settings(EnvConfig):
         return bool(self.basic_auth_user)
 
     @property
-    def store_path(self) -> Path:
-        return self.model_dir / "store.sqlite3"
+    def store_location(self) -> str:
+        """STORE_URL, else the SQLite file under MODEL_DIR."""
+        return self.store_url or str(self.model_dir / "store.sqlite3")
 
     def project_dir(self, project_id: int) -> Path:
         """A project's models: instant/<version>/ and versions/<lora-N>/ (LoRA adapters)."""
@@ -200,6 +205,9 @@ class TrainingConfig(EnvConfig):
     epochs: float = setting("TRAIN_EPOCHS", 1.0, "passes over the round's data (new labels + replay)")
     seed: int = setting("TRAIN_SEED", 3407, "seed for data order, replay sampling and LoRA initialisation")
     replay_ratio: float = setting("REPLAY_RATIO", 1.0, "earlier gold labels replayed per new label, stratified by department, so the adapter keeps what it learnt")
+    token_budget: int = setting("TRAIN_TOKEN_BUDGET", 600_000, "tokens one round trains on at most (about 1,100 tickets with the 70-department prompt); beyond it the round takes a stratified sample weighted towards recent labels, so a round stays minutes long with 10^5+ labels")
+    recency_half_life: int = setting("TRAIN_RECENCY_HALF_LIFE", 5_000, "in a budgeted sample, a label this many labels older than the newest is half as likely to be drawn")
+    tokens_per_second: float = setting("TRAIN_TOKENS_PER_SECOND", 2_300.0, "training throughput assumed to estimate a round's duration until a round has been measured here (2,300 was measured at micro-batch 2 x 8 on an H200)")
     promote_tolerance: float = setting("PROMOTE_TOLERANCE", 0.0, "a candidate is promoted unless its macro-F1 on the frozen split falls below the serving version's by more than this")
 
     def validate(self) -> None:
@@ -207,6 +215,8 @@ class TrainingConfig(EnvConfig):
             raise SettingsError("TRAIN_LORA_R, TRAIN_MICRO_BATCH, TRAIN_GRAD_ACCUMULATION and TRAIN_PAD_TO_MULTIPLE_OF must be positive")
         if not 0 < self.learning_rate < 10:
             raise SettingsError(f"TRAIN_LEARNING_RATE must be in (0, 10), got {self.learning_rate}")
+        if min(self.token_budget, self.recency_half_life) <= 0 or self.tokens_per_second <= 0:
+            raise SettingsError("TRAIN_TOKEN_BUDGET, TRAIN_RECENCY_HALF_LIFE and TRAIN_TOKENS_PER_SECOND must be positive")
         if self.replay_ratio < 0 or self.promote_tolerance < 0 or self.epochs <= 0:
             raise SettingsError("REPLAY_RATIO and PROMOTE_TOLERANCE must be >= 0 and TRAIN_EPOCHS > 0")
 
