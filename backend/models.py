@@ -80,7 +80,7 @@ class ModelManager:
                 # department the project does not have, answer with the instant model, always fitted to the config.
                 clf = self._instant
             try:
-                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments)
+                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments, k=self.settings.suggestions_top_k)
             except ClassifierClosed:  # swapped out between taking it and asking it: ask the new one
                 continue
         raise RuntimeError("the serving model kept changing during one request")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from annotation_config.catalog import load_catalog
+from backend.annotator_view import AnnotatorView
 from backend.background import Background
 from backend.errors import ApiError
 from backend.jobs import JobRunner
@@ -22,6 +23,7 @@ from backend.preannotate import preannotate
 from core.annotations import NotGold, gold_label
 from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
+from core.people import labels_per_annotator
 from core.settings import Settings
 from core.store import Store, now
 
@@ -63,6 +65,7 @@ class Service:
         self.background = Background(threads=2)
         self.models = ModelManager(self.store, self.catalog, self._initial_space(), settings)
         self.label_studio = LabelStudioSync(settings, self.store, self.background, self._remember_config, self._labels_changed)
+        self.annotator_view = AnnotatorView(self.label_studio.client, {d.name: d.duties for d in self.catalog.departments})
         self.started_at = time.time()
         self.jobs = JobRunner(settings, self.store, self._job_finished) if settings.base_model else None
 
@@ -118,6 +121,8 @@ class Service:
         elif project_id is not None:
             self.store.remember_project(project_id)
         self.label_studio.remember_credentials(body.get("hostname"), body.get("access_token"))
+        if project_id is not None:
+            self.annotator_view.connected(project_id, space if schema is not None else self.models.space, self.background.submit)
         return {"model_version": self.models.serving_version or self._pending_version()}
 
     def _pending_version(self) -> str:
@@ -158,7 +163,7 @@ class Service:
                 results.append({"model_version": version, "error": problems[i]})
                 continue
             p = next(it)
-            results.append({"result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
+            results.append({"result": space.prediction_result(p.department, p.top, task.get("data")), "score": round(p.score, 6),
                             "model_version": version})
             task_id = task.get("id")
             if project_id is not None and is_id(task_id):
@@ -202,6 +207,8 @@ class Service:
         try:
             label = gold_label(body.get("annotation"), body.get("task"), space, project_id, "webhook",
                                self.settings.max_text_chars)
+            if not isinstance(label, NotGold):
+                label.annotator = self.label_studio.people.resolve(label.annotator)
         except AnnotationError as exc:
             raise ApiError(422, f"{action}: {exc}") from None
         if isinstance(label, NotGold):
@@ -275,7 +282,7 @@ class Service:
         if job is None or job.finished:
             return
         try:
-            result = preannotate(job, self.store, self.label_studio.client(), self.models)
+            result = preannotate(job, self.store, self.label_studio.client(), self.models, self.annotator_view)
             log.info("project %d pre-annotated: %s", job.project_id, result)
         except Exception as exc:
             log.exception("pre-annotating project %s failed; run it again to resume", job.project_id)
@@ -359,6 +366,7 @@ class Service:
             "models": snapshot["evaluated"],
             "llm": self.models.llm_state,
             "projects": [{"id": p["project_id"], "model_version": p["model_version"]} for p in self.store.projects()],
+            "annotators": labels_per_annotator(self.store),
             "background_idle": self.background.idle(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

@@ -96,6 +96,7 @@ class Settings(EnvConfig):
     adapter: str = setting("ADAPTER", "", "optional LoRA adapter directory to start from")
     max_seq_length: int = setting("MAX_SEQ_LENGTH", 896, "LLM context length used for scoring and training")
     predict_batch_size: int = setting("PREDICT_BATCH_SIZE", 32, "tickets per LLM forward pass; concurrent /predict calls are merged up to this")
+    suggestions_top_k: int = setting("SUGGESTIONS_TOP_K", 3, "suggestions per ticket shown to annotators (the top one preselected, each one hotkey away: 1, 2, 3...)")
     # Learning loop
     eval_fraction: float = setting("EVAL_FRACTION", 0.2, "share of each department's gold texts frozen into the evaluation split")
     instant_refit_seconds: float = setting("INSTANT_REFIT_SECONDS", 2.0, "the instant model refits at most this often while labels arrive")
@@ -115,7 +116,7 @@ class Settings(EnvConfig):
         if self.training_device not in {"auto", "cuda", "cpu"}:
             raise SettingsError(f"TRAINING_DEVICE must be auto, cuda or cpu, got {self.training_device!r}")
         for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length",
-                     "label_studio_timeout", "label_studio_attempts"):
+                     "label_studio_timeout", "label_studio_attempts", "suggestions_top_k"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be positive")
 
