@@ -1,9 +1,9 @@
 """What annotators see of the backend's work in Label Studio, besides the preselected suggestion.
 
-* **The suggestion row.** Label Studio can only show per-task choices that are in the task's data (a ``Choices``
-  with ``value="$suggestions"``), so before a task's prediction is pushed its data gets the top-k departments
-  (rank, probability, hotkey 1-k, duties as hint), the top department as plain text (``suggested_department``) and
-  its place in the queue (``queue_priority``).
+* **The suggestion row.** Label Studio shows per-task choices only from the task's data (``<Choice
+  value="$suggestion_1"/>``...), so before a task's prediction is pushed its data gets the top-k departments and
+  their probabilities, the top department as plain text (``suggested_department``) and its place in the queue
+  (``queue_priority``).
 * **The queue tab.** When the backend connects to a project it adds, once, a data-manager tab that shows the ticket,
   the suggested department, the score (the model's probability for it) and the model version, ordered by
   ``queue_priority`` ascending. "Label All Tasks" from that tab serves tasks in the tab's order.
@@ -16,8 +16,9 @@ Label Studio's own uncertainty sampling.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
+from annotation_config.labeling_config import PROBABILITIES_FIELD
 from core.classifier import TicketPrediction
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import LabelSpace
@@ -37,19 +38,15 @@ def least_confidence(prediction: TicketPrediction) -> float:
 
 
 class AnnotatorView:
-    def __init__(self, client: Callable[[], LabelStudioClient | None], hints: Mapping[str, str],
-                 priority: Callable[[TicketPrediction], float] = least_confidence):
+    def __init__(self, client: Callable[[], LabelStudioClient | None], priority: Callable[[TicketPrediction], float] = least_confidence):
         self._client = client
-        self.hints = hints
         self.priority = priority
         self._tabs_checked: set[int] = set()
 
     def task_data(self, space: LabelSpace, data: dict, prediction: TicketPrediction) -> dict:
         """The task's data with the suggestion row, the suggested department and the queue priority."""
-        shown = {**data, SUGGESTED_FIELD: prediction.department, PRIORITY_FIELD: round(self.priority(prediction), 6)}
-        if space.suggestions_key:
-            shown[space.suggestions_key] = space.suggestion_options(prediction.top, self.hints)
-        return shown
+        return {**data, **space.suggestion_fields(prediction.top), SUGGESTED_FIELD: prediction.department,
+                PRIORITY_FIELD: round(self.priority(prediction), 6)}
 
     def publish(self, space: LabelSpace, tasks: list[dict], predictions: list[TicketPrediction]) -> list[dict]:
         """Write each task's suggestions into its data in Label Studio; returns the data as written."""
@@ -81,15 +78,16 @@ class AnnotatorView:
         return view.get("id")
 
     def connected(self, project_id: int, space: LabelSpace, submit: Callable[[str, Callable[[], object]], object]) -> None:
-        """Label Studio connected to the project (/setup): add its tab in the background, once per process."""
-        if project_id not in self._tabs_checked and self._client() is not None:
+        """Label Studio connected to the project (/setup, which must answer within 3 s): add its tab in the
+        background, once per process."""
+        if project_id not in self._tabs_checked:
             submit(f"queue-tab-{project_id}", lambda: self.ensure_queue_tab(project_id, space))
 
 
 def queue_tab(space: LabelSpace, columns: list[str]) -> dict:
     """A data-manager tab (Label Studio "view") ordered by queue priority, showing what an annotator needs."""
     shown = {f"tasks:data.{space.data_key}", f"tasks:data.{SUGGESTED_FIELD}", f"tasks:data.{PRIORITY_FIELD}", *SHOWN_COLUMNS}
-    hidden = sorted({*columns, *([f"tasks:data.{space.suggestions_key}"] if space.suggestions_key else [])} - shown)
+    hidden = sorted({*columns, *(f"tasks:data.{key}" for key in (*space.suggestion_keys, PROBABILITIES_FIELD))} - shown)
     labeling_shown = {f"tasks:data.{space.data_key}", f"tasks:data.{SUGGESTED_FIELD}", "tasks:predictions_score"}
     return {
         "title": TAB_TITLE,

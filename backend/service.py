@@ -65,7 +65,7 @@ class Service:
         self.background = Background(threads=2)
         self.models = ModelManager(self.store, self.catalog, self._initial_space(), settings)
         self.label_studio = LabelStudioSync(settings, self.store, self.background, self._remember_config, self._labels_changed)
-        self.annotator_view = AnnotatorView(self.label_studio.client, {d.name: d.duties for d in self.catalog.departments})
+        self.annotator_view = AnnotatorView(self.label_studio.client)
         self.started_at = time.time()
         self.jobs = JobRunner(settings, self.store, self._job_finished) if settings.base_model else None
 

@@ -2,16 +2,17 @@
 text is, which departments exist, and how results are read from annotations and written into predictions.
 
 Control names are never assumed; they are read from the config by role (see annotation_config/labeling_config.py):
-the single-choice ``Choices`` with fixed values is the department list, a single-choice ``Choices`` that loads its
-options from the task (``value="$field"``) is the suggestion row the backend fills, a ``TextArea`` is the rationale.
+the single-choice ``Choices`` with fixed values is the department list, a single-choice ``Choices`` whose choices read
+task fields (``<Choice value="$suggestion_1"/>``...) is the suggestion row the backend fills, a ``TextArea`` is the
+rationale.
 """
 from __future__ import annotations
 
 import functools
-import html
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
+
+from annotation_config.labeling_config import PROBABILITIES_FIELD
 
 MAX_CONFIG_CHARS = 2_000_000
 
@@ -32,7 +33,7 @@ class LabelSpace:
     departments: tuple[str, ...]
     rationale_control: str | None
     suggestions_control: str | None
-    suggestions_key: str | None = None
+    suggestion_keys: tuple[str, ...] = ()  # the task fields the suggestion row shows, best first
 
     def ticket_text(self, task: dict) -> str:
         """The ticket text of a Label Studio task, or AnnotationError saying what is missing."""
@@ -58,6 +59,8 @@ class LabelSpace:
             value = region.get("value") if isinstance(region.get("value"), dict) else {}
             if name in (self.department_control, self.suggestions_control):
                 choices = value.get("choices")
+                if name == self.suggestions_control and choices == [""]:
+                    continue  # a suggestion slot the task had no suggestion for
                 if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], str):
                     raise AnnotationError(f"control {name!r} must hold exactly one choice")
                 if choices[0] not in self.departments:
@@ -73,24 +76,19 @@ class LabelSpace:
             raise AnnotationError(f"annotation has no choice for the department control {controls}")
         return department, rationale
 
-    def suggestion_options(self, alternatives: list[tuple[str, float]], hints: Mapping[str, str] | None = None) -> list[dict]:
-        """The task-data list the suggestions control shows: rank, name and probability, hotkeys 1-9 by rank."""
-        options = []
-        for rank, (name, prob) in enumerate(alternatives, start=1):
-            option = {"value": name, "html": f"<b>{rank}</b> {html.escape(name)} <small>{prob:.0%}</small>"}
-            if rank <= 9:
-                option["hotkey"] = str(rank)
-            if hints and hints.get(name):
-                option["hint"] = hints[name]
-            options.append(option)
-        return options
+    def suggestion_fields(self, alternatives: list[tuple[str, float]]) -> dict[str, str]:
+        """The task fields the suggestion row reads: one department per slot, best first, and their probabilities."""
+        shown = alternatives[:len(self.suggestion_keys)]
+        if not shown:
+            return {}
+        return {**{key: name for key, (name, _) in zip(self.suggestion_keys, shown)},
+                PROBABILITIES_FIELD: " · ".join(f"{prob:.0%}" for _, prob in shown)}
 
     def shows_suggestions(self, data: object, alternatives: list[tuple[str, float]]) -> bool:
-        """True when the task's data already lists exactly these suggestions, so the prediction can preselect the
-        top one there; otherwise the suggestion row would be missing or stale, and the full list must hold it."""
-        options = data.get(self.suggestions_key) if self.suggestions_key and isinstance(data, dict) else None
-        return (isinstance(options, list) and all(isinstance(o, dict) for o in options)
-                and [o.get("value") for o in options] == [name for name, _ in alternatives])
+        """True when the task's data already holds exactly these suggestions, so the prediction can preselect the
+        top one in the suggestion row; otherwise the row would be empty or stale, and the full list must hold it."""
+        fields = self.suggestion_fields(alternatives)
+        return bool(fields) and isinstance(data, dict) and all(data.get(key) == value for key, value in fields.items())
 
     def prediction_result(self, department: str, alternatives: list[tuple[str, float]], data: object = None) -> list[dict]:
         """The ``result`` list of a prediction: the top department preselected in the suggestion row when the task
@@ -129,16 +127,16 @@ def _parse_cached(config: str) -> LabelSpace:
     except Exception as exc:  # the SDK raises several types for bad XML
         raise LabelConfigError(f"label_config is not a valid Label Studio config: {exc}") from None
     single = [c for c in interface.controls if isinstance(c, ChoicesTag) and not c.is_multiple_choice]
-    dynamic = [c for c in single if _task_field(c) and not c.labels]
-    fixed = [c for c in single if c not in dynamic]
+    rows = [c for c in single if any(label.startswith("$") for label in c.labels)]
+    fixed = [c for c in single if c not in rows]
     if not fixed:
         raise LabelConfigError("label_config has no single-choice <Choices> control for the department")
     if len(fixed) > 1:
         names = ", ".join(c.name for c in fixed)
         raise LabelConfigError(f"label_config has several single-choice <Choices> controls ({names}); exactly one must name the department")
-    if len(dynamic) > 1:
-        names = ", ".join(c.name for c in dynamic)
-        raise LabelConfigError(f"label_config has several <Choices> that load options from the task ({names}); at most one shows the suggestions")
+    if len(rows) > 1:
+        names = ", ".join(c.name for c in rows)
+        raise LabelConfigError(f"label_config has several <Choices> whose choices read task fields ({names}); at most one shows the suggestions")
     control = fixed[0]
     if not control.labels:
         raise LabelConfigError(f"<Choices name={control.name!r}> has no <Choice> values")
@@ -146,7 +144,7 @@ def _parse_cached(config: str) -> LabelSpace:
     obj = next((o for o in interface.objects if o.name == to_name), None)
     if obj is None or not _task_field(obj):
         raise LabelConfigError(f"<Choices name={control.name!r}> must point (toName) at a <Text> tag reading a task field like value=\"$text\"")
-    suggestions = dynamic[0] if dynamic else None
+    suggestions = rows[0] if rows else None
     # A read-only TextArea is something shown, never the annotator's words (the earlier generated config showed the top-3 in one).
     rationale = next((c.name for c in interface.controls
                       if isinstance(c, TextAreaTag) and str(c.attr.get("readonly", "")).lower() != "true"), None)
@@ -157,5 +155,5 @@ def _parse_cached(config: str) -> LabelSpace:
         departments=tuple(control.labels),
         rationale_control=rationale,
         suggestions_control=suggestions.name if suggestions else None,
-        suggestions_key=_task_field(suggestions) if suggestions else None,
+        suggestion_keys=tuple(label[1:] for label in suggestions.labels if label.startswith("$")) if suggestions else (),
     )

@@ -55,7 +55,7 @@ def test_predict_preselects_in_the_suggestion_row_once_the_task_shows_the_sugges
     [stored] = service.store.predictions()
     space = service.models.space
     body = predict_body([text])
-    body["tasks"][0]["data"]["suggestions"] = space.suggestion_options([tuple(t) for t in stored["top"]])
+    body["tasks"][0]["data"].update(space.suggestion_fields([tuple(t) for t in stored["top"]]))
     again = post(client, "/predict", body).get_json()["results"][0]
     assert again["result"][0]["from_name"] == "suggestion"
     assert again["result"][0]["value"] == first["result"][0]["value"] and len(stored["top"]) == service.settings.suggestions_top_k

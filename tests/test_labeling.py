@@ -10,7 +10,8 @@ from tests.helpers import LABEL_CONFIG, choice, rationale
 def test_generated_config_roles():
     space = parse_label_config(LABEL_CONFIG)
     assert (space.department_control, space.to_name, space.data_key) == ("department", "text", "text")
-    assert (space.rationale_control, space.suggestions_control, space.suggestions_key) == ("rationale", "suggestion", "suggestions")
+    assert (space.rationale_control, space.suggestions_control) == ("rationale", "suggestion")
+    assert space.suggestion_keys == ("suggestion_1", "suggestion_2", "suggestion_3")
     assert len(space.departments) == 70 and space.departments[0] == "市公安局"
 
 
@@ -19,14 +20,13 @@ TOP = [("市公安局", 0.62), ("市交通警察支队", 0.21), ("市城市管�
 
 def test_the_prediction_preselects_the_top_suggestion_where_the_task_shows_it():
     space = parse_label_config(LABEL_CONFIG)
-    options = space.suggestion_options(TOP, {"市公安局": "负责治安"})
-    assert [(o["value"], o.get("hotkey")) for o in options] == [("市公安局", "1"), ("市交通警察支队", "2"), ("市城市管理综合执法局", "3")]
-    assert options[0]["hint"] == "负责治安" and "62%" in options[0]["html"]
-    shown = {"text": "...", "suggestions": options}
-    [region] = space.prediction_result("市公安局", TOP, shown)
+    fields = space.suggestion_fields(TOP)
+    assert fields == {"suggestion_1": "市公安局", "suggestion_2": "市交通警察支队", "suggestion_3": "市城市管理综合执法局",
+                      "suggestion_probabilities": "62% · 21% · 9%"}
+    [region] = space.prediction_result("市公安局", TOP, {"text": "...", **fields})
     assert (region["from_name"], region["value"]) == ("suggestion", {"choices": ["市公安局"]})
     # No suggestion row in the task yet, or one from another prediction: the full list holds the preselection.
-    for data in ({"text": "..."}, {"text": "...", "suggestions": options[::-1]}, None):
+    for data in ({"text": "..."}, {"text": "...", **space.suggestion_fields(TOP[::-1])}, None):
         assert [r["from_name"] for r in space.prediction_result("市公安局", TOP, data)] == ["department"]
 
 
@@ -36,8 +36,10 @@ def test_a_pick_in_the_full_list_overrides_the_suggestion_row():
     assert space.read_annotation([suggested]) == ("市公安局", None)
     assert space.read_annotation([suggested, choice("市民政局")]) == ("市民政局", None)
     assert space.read_annotation([choice("市民政局"), suggested, rationale("低保")]) == ("市民政局", "低保")
+    # A slot the task had no suggestion for is empty: it says nothing.
+    assert space.read_annotation([choice("", control="suggestion"), choice("市民政局")]) == ("市民政局", None)
     with pytest.raises(AnnotationError, match="'department' or 'suggestion'"):
-        space.read_annotation([rationale("只有理由")])
+        space.read_annotation([rationale("只有理由"), choice("", control="suggestion")])
 
 
 def test_aliases_are_searchable_but_the_result_is_the_plain_name():
@@ -71,7 +73,8 @@ def test_a_users_own_config_with_other_names():
      '<Choices name="b" toName="t"><Choice value="y"/></Choices></View>', "several single-choice"),
     ('<View><Choices name="a" toName="nowhere"><Choice value="x"/></Choices></View>', "must point (toName) at a <Text>"),
     ('<View><Text name="t" value="$text"/><Choices name="a" toName="t"><Choice value="x"/></Choices>'
-     '<Choices name="s1" toName="t" value="$s1"/><Choices name="s2" toName="t" value="$s2"/></View>', "several <Choices> that load options"),
+     '<Choices name="s" toName="t"><Choice value="$s1"/></Choices><Choices name="r" toName="t"><Choice value="$r1"/></Choices></View>',
+     "several <Choices> whose choices read task fields"),
     ("<View", "not a valid Label Studio config"),
     ("", "non-empty XML string"),
 ])
