@@ -29,6 +29,7 @@ HINT_CHARS = 120
 OTHER_GROUP = "其他 Other"
 SUGGESTION_FIELD = "suggestion_{rank}"
 PROBABILITIES_FIELD = "suggestion_probabilities"
+QUEUE_TAB_TITLE = "模型队列 Model queue"  # the data-manager tab the backend adds to each project it connects to
 # Bound explicitly so that Label Studio does not give the hidden list one of the keys an annotator presses.
 UNREACHABLE_HOTKEY = "ctrl+alt+shift+f12"
 

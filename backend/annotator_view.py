@@ -18,14 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from annotation_config.labeling_config import PROBABILITIES_FIELD
+from annotation_config.labeling_config import PROBABILITIES_FIELD, QUEUE_TAB_TITLE
 from core.classifier import TicketPrediction
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import LabelSpace
 
 log = logging.getLogger(__name__)
 
-TAB_TITLE = "模型队列 Model queue"
 SUGGESTED_FIELD = "suggested_department"
 PRIORITY_FIELD = "queue_priority"
 # Built-in columns the tab shows; every other column the project has is hidden.
@@ -66,7 +65,7 @@ class AnnotatorView:
             return None
         try:
             for view in client.views(project_id):
-                if (view.get("data") or {}).get("title") == TAB_TITLE:
+                if (view.get("data") or {}).get("title") == QUEUE_TAB_TITLE:
                     self._tabs_checked.add(project_id)
                     return view["id"]
             view = client.create_view(project_id, queue_tab(space, client.columns(project_id)))
@@ -74,7 +73,7 @@ class AnnotatorView:
             log.warning("could not add the queue tab to project %d: %s", project_id, exc)
             return None
         self._tabs_checked.add(project_id)
-        log.info("project %d: added the data-manager tab %r (tab %s)", project_id, TAB_TITLE, view.get("id"))
+        log.info("project %d: added the data-manager tab %r (tab %s)", project_id, QUEUE_TAB_TITLE, view.get("id"))
         return view.get("id")
 
     def connected(self, project_id: int, space: LabelSpace, submit: Callable[[str, Callable[[], object]], object]) -> None:
@@ -90,7 +89,7 @@ def queue_tab(space: LabelSpace, columns: list[str]) -> dict:
     hidden = sorted({*columns, *(f"tasks:data.{key}" for key in (*space.suggestion_keys, PROBABILITIES_FIELD))} - shown)
     labeling_shown = {f"tasks:data.{space.data_key}", f"tasks:data.{SUGGESTED_FIELD}", "tasks:predictions_score"}
     return {
-        "title": TAB_TITLE,
+        "title": QUEUE_TAB_TITLE,
         "ordering": [f"tasks:data.{PRIORITY_FIELD}"],
         "filters": {"conjunction": "and", "items": []},
         "hiddenColumns": {"explore": hidden, "labeling": sorted(set(hidden) | (shown - labeling_shown))},

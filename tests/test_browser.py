@@ -20,7 +20,8 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, TAB_TITLE
+from annotation_config.labeling_config import QUEUE_TAB_TITLE
+from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD
 from core.labeling import parse_label_config
 from tests.helpers import LABEL_CONFIG, SAMPLES, repo_root, wait_until
 from tools import local_label_studio
@@ -169,7 +170,7 @@ def test_an_annotator_labels_the_queue_with_few_actions(label_studio, start_back
 
     # The tab exists once however often the backend connects, and the user's own tab is as it was.
     views = label_studio.api("GET", "/api/dm/views", params={"project": project_id}).json()
-    tabs = [v for v in views if v["data"].get("title") == TAB_TITLE]
+    tabs = [v for v in views if v["data"].get("title") == QUEUE_TAB_TITLE]
     assert len(tabs) == 1 and tabs[0]["data"]["ordering"] == [f"tasks:data.{PRIORITY_FIELD}"]
     assert next(v for v in views if v["id"] == mine["id"])["data"] == mine["data"]
     tab = tabs[0]["id"]
