@@ -23,7 +23,7 @@ from backend.preannotate import preannotate
 from core.annotations import NotGold, gold_label
 from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
-from core.people import labels_per_annotator
+from core.people import is_user_id, labels_per_annotator
 from core.settings import Settings
 from core.store import Store, now
 
@@ -208,7 +208,7 @@ class Service:
             label = gold_label(body.get("annotation"), body.get("task"), space, project_id, "webhook",
                                self.settings.max_text_chars)
             if not isinstance(label, NotGold):
-                label.annotator = self.label_studio.people.resolve(label.annotator)
+                label.annotator = self.label_studio.people.resolve(label.annotator, ask=False)
         except AnnotationError as exc:
             raise ApiError(422, f"{action}: {exc}") from None
         if isinstance(label, NotGold):
@@ -220,6 +220,8 @@ class Service:
             outcome = self.store.upsert_label(label)
             if outcome in ("created", "updated"):
                 self._labels_changed()
+            if is_user_id(label.annotator):
+                self.background.submit("name-annotators", lambda: self.label_studio.people.name_stored_labels(self.store))
         self.metrics.webhooks.labels(action, outcome).inc()
         return {"status": "ok", "action": action, "outcome": outcome}
 

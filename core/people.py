@@ -1,9 +1,11 @@
 """People, not ids: Label Studio records who annotated as a user id (``completed_by``); team leads read emails.
 
-``AnnotatorDirectory.resolve`` turns an id into the user's email (or name, for a user without one), cached in
-memory. An id it has not seen makes it ask Label Studio again, at most once per ``refresh_seconds``, so a webhook
-from a new annotator is named after one quick call and a flood of unknown ids costs one call, not one each.
-Without a Label Studio connection, or when it fails, the id is kept: a label is never lost for want of a name.
+``AnnotatorDirectory`` turns an id into the user's email (or name, for a user without one), cached in memory. A
+webhook must answer Label Studio within a second and before it answers the label must be stored, so that path only
+reads the cache (``resolve(..., ask=False)``) and leaves an unknown id to ``name_stored_labels``, run in the
+background, which asks Label Studio once and renames the stored labels. Background paths (the reconcile pull) may ask
+Label Studio directly, at most once per ``refresh_seconds``. Without a Label Studio connection, or when it fails, the
+id is kept: a label is never lost for want of a name.
 """
 from __future__ import annotations
 
@@ -44,18 +46,32 @@ class AnnotatorDirectory:
             self._names = names
         return True
 
-    def resolve(self, annotator: str | None) -> str | None:
-        """The email (else name) of a Label Studio user id; anything else, or an unknown id, comes back as it was."""
-        if annotator is None or not annotator.isdigit():
+    def resolve(self, annotator: str | None, ask: bool = True) -> str | None:
+        """The email (else name) of a Label Studio user id; anything else, or an unknown id, comes back as it was.
+        ``ask=False``: from the cache only, never a call to Label Studio."""
+        if not is_user_id(annotator):
             return annotator
         with self._lock:
             known = self._names.get(annotator)
             stale = time.monotonic() - self._fetched_at >= self._refresh_seconds
-        if known is None and stale:
+        if known is None and stale and ask:
             self.refresh()
             with self._lock:
                 known = self._names.get(annotator)
         return known or annotator
+
+
+    def name_stored_labels(self, store: Store) -> int:
+        """Ask Label Studio for its users and put their names on stored labels that still carry an id."""
+        if not self.refresh():
+            return 0
+        with self._lock:
+            names = dict(self._names)
+        return store.name_annotators(names)
+
+
+def is_user_id(annotator: str | None) -> bool:
+    return annotator is not None and annotator.isdigit()
 
 
 def labels_per_annotator(store: Store) -> dict[str, int]:

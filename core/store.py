@@ -328,6 +328,13 @@ class Store:
                 removed += self._remove(db, annotation_id)
         return removed
 
+    def name_annotators(self, names: dict[str, str]) -> int:
+        """Replace annotator ids by the people's names (emails) in the stored labels; the label data is unchanged,
+        so the label sequence does not move and no model refits."""
+        with self._tx() as db:
+            return sum(db.execute("UPDATE labels SET annotator = ? WHERE annotator = ?", (name, annotator)).rowcount
+                       for annotator, name in names.items())
+
     def discard_label(self, annotation_id: int) -> int:
         """A label that stopped being gold (cancelled/skipped) without being deleted: it may come back."""
         with self._tx() as db:
