@@ -1,8 +1,9 @@
 """The annotator's screen in a real browser: headless Chromium drives Label Studio 1.23.2 with the backend behind it.
 
-An annotator opens the backend's queue tab, labels the three most uncertain tickets as a person would (a right
-suggestion, the second suggestion, a department outside the top-3 found through the filter), and each answer must
-reach the backend's store with the right accepted/corrected flag and the annotator's email. The test counts the
+An annotator opens the backend's queue tab and labels the four most uncertain tickets as a person would: accepting
+the suggestion, taking the second suggestion, and a department outside the top-3 (the right one where the model
+missed it) found through the filter, then by a click in the list. Each answer must reach the backend's store with the
+right accepted/corrected flag and the annotator's email. The test counts the
 keystrokes and clicks per ticket, prints them, and saves the screenshots the README shows (docs/screenshots/).
 
 Chromium, its driver and CJK fonts come from Debian (tests/setup_browser.sh, run by `make test`); without them the
@@ -207,7 +208,7 @@ def test_an_annotator_labels_the_queue_with_few_actions(label_studio, start_back
 
     counts, labelled = {}, []
     # 1. The most uncertain ticket: its suggestion, the tab, the list and the filter on one screen, nothing editable
-    #    but the filter and the rationale; the right suggestion is accepted with one keystroke.
+    #    but the filter and the rationale; accepting the suggestion is one keystroke.
     ticket = person.wait_for_ticket()
     task = queue[0]
     assert ticket == task["data"]["text"]
