@@ -16,6 +16,7 @@ Label Studio's own uncertainty sampling.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from annotation_config.labeling_config import PROBABILITIES_FIELD, QUEUE_TAB_TITLE
@@ -41,6 +42,7 @@ class AnnotatorView:
         self._client = client
         self.priority = priority
         self._tabs_checked: set[int] = set()
+        self._tab_lock = threading.Lock()  # /setup and a pre-annotation may both look for the tab at once
 
     def task_data(self, space: LabelSpace, data: dict, prediction: TicketPrediction) -> dict:
         """The task's data with the suggestion row, the suggested department and the queue priority."""
@@ -63,6 +65,10 @@ class AnnotatorView:
         client = self._client()
         if client is None:
             return None
+        with self._tab_lock:
+            return self._find_or_create_tab(client, project_id, space)
+
+    def _find_or_create_tab(self, client: LabelStudioClient, project_id: int, space: LabelSpace) -> int | None:
         try:
             for view in client.views(project_id):
                 if (view.get("data") or {}).get("title") == QUEUE_TAB_TITLE:
