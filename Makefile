@@ -1,11 +1,11 @@
 # Two commands on a fresh machine (Python 3.11, no GPU needed):
 #   make demo   installs everything, starts Label Studio + the backend with the sample tickets pre-annotated
-#   make test   installs everything and runs the test suite (it starts its own Label Studio)
+#   make test   installs everything (Chromium for the browser test too) and runs the test suite (it starts its own Label Studio)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install
+.PHONY: demo test install browser
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -16,6 +16,9 @@ $(VENV)/.installed: requirements.txt
 demo: install
 	$(PY) -m backend demo
 
-test: install
+browser:
+	sh tests/setup_browser.sh
+
+test: install browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest

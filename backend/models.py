@@ -228,7 +228,7 @@ class ModelManager:
             if clf is line.llm:
                 self._adapters.touch(adapter_name(project_id, clf.version))
             try:
-                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments, k=self.settings.suggestions)
+                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments, k=self.settings.suggestions_top_k)
             except ClassifierClosed:  # swapped out between taking it and asking it: ask the new one
                 continue
         raise RuntimeError("the serving model kept changing during one request")

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from backend.annotator_view import AnnotatorView
 from backend.background import Background
 from backend.errors import ApiError
 from backend.jobs import JobRunner
@@ -24,6 +25,7 @@ from backend.preannotate import preannotate
 from core.annotations import NotGold, gold_label
 from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
+from core.people import is_user_id
 from core.settings import Settings
 from core.store import DEFAULT_PROJECT, now, open_store
 from core.text import brief, has_content
@@ -74,6 +76,7 @@ class Service:
         self.models = ModelManager(self.store, default_space, settings)
         self.models.refit_requested = self._request_refit
         self.label_studio = LabelStudioSync(settings, self.store, self.background, self._configure, self._labels_changed)
+        self.annotator_view = AnnotatorView(self.label_studio.client)
         self.started_at = time.time()
         self.refits = JobRunner(JobKind.REFIT, "learning.refit", settings, self.store, self._refit_finished)
         self.jobs = JobRunner(JobKind.TRAIN, "training.round", settings, self.store, self._job_finished) if settings.base_model else None
@@ -131,6 +134,8 @@ class Service:
         if body.get("schema") is None:
             self.store.remember_project(project_id)
         self.label_studio.remember_credentials(body.get("hostname"), body.get("access_token"))
+        if project_id != DEFAULT_PROJECT:
+            self.annotator_view.connected(project_id, self.models.space(project_id), self.background.submit)
         return {"model_version": self._version_for(project_id)}
 
     def _version_for(self, project_id: int) -> str:
@@ -173,7 +178,7 @@ class Service:
                 results.append({"model_version": version, "error": problems[i]})
                 continue
             p = next(it)
-            results.append({"result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
+            results.append({"result": space.prediction_result(p.department, p.top, task.get("data")), "score": round(p.score, 6),
                             "model_version": version})
             task_id = task.get("id")
             if project_id != DEFAULT_PROJECT and is_id(task_id):
@@ -217,6 +222,8 @@ class Service:
             label = gold_label(body.get("annotation"), body.get("task"), space, project_id, "webhook", self.settings.max_text_chars)
         except AnnotationError as exc:
             raise ApiError(422, f"{action}: {exc}") from None
+        if not isinstance(label, NotGold):
+            label.annotator = self.label_studio.people.resolve(label.annotator, ask=False)
         if isinstance(label, NotGold):
             removed = self.store.discard_label(label.annotation_id)
             outcome = "not gold: " + label.reason
@@ -227,6 +234,8 @@ class Service:
             if outcome in ("created", "updated"):
                 self.models.learn(project_id, [label.text], [label.department])
                 self._labels_changed(project_id)
+            if is_user_id(label.annotator):  # not in the cache yet: named in the background, the webhook answers now
+                self.background.submit("name-annotators", lambda: self.label_studio.people.name_stored_labels(self.store))
         self.metrics.count_webhook(action, outcome)
         return {"status": "ok", "action": action, "outcome": outcome}
 
@@ -304,7 +313,7 @@ class Service:
         if job is None or job.finished:
             return
         try:
-            result = preannotate(job, self.store, self.label_studio.client(), self.models, self._configure)
+            result = preannotate(job, self.store, self.label_studio.client(), self.models, self._configure, self.annotator_view)
             log.info("project %d pre-annotated: %s", job.project_id, result)
         except Exception as exc:
             log.exception("pre-annotating project %s failed; run it again to resume", job.project_id)
@@ -374,6 +383,7 @@ class Service:
         return {
             "projects": snapshot["projects"],
             "labels": self.store.label_stats(),
+            "annotators": self.store.annotator_counts(),
             "llm": {**self.models.llm_state, "adapters": self.models.adapter_state()} if self.settings.base_model else self.models.llm_state,
             "jobs": {f"{kind} {status}": n for (kind, status), n in sorted(snapshot["jobs"].items())},
             "background_idle": self.background.idle(),

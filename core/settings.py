@@ -102,7 +102,7 @@ class Settings(EnvConfig):
     max_seq_length: int = setting("MAX_SEQ_LENGTH", 896, "LLM context length used for scoring and training")
     predict_batch_size: int = setting("PREDICT_BATCH_SIZE", 32, "tickets per LLM forward pass; concurrent /predict calls are merged up to this")
     adapter_cache_mb: int = setting("ADAPTER_CACHE_MB", 3000, "LoRA adapters of all projects kept beside the base model, in MiB; the least recently used is evicted beyond this and reloaded on demand (an r=64 adapter of the 7B is about 320 MiB)")
-    suggestions: int = setting("SUGGESTIONS", 3, "alternatives shown to annotators with each suggestion (top-k)")
+    suggestions_top_k: int = setting("SUGGESTIONS_TOP_K", 3, "suggestions per ticket shown to annotators (the top one preselected, each one hotkey away: 1, 2, 3...)")
     # Learning loop
     eval_fraction: float = setting("EVAL_FRACTION", 0.2, "share of each department's gold texts frozen into the evaluation split")
     eval_max_per_department: int = setting("EVAL_MAX_PER_DEPARTMENT", 40, "a department's evaluation split stops growing at this many texts, so the split the gate scores on stays the same size however many labels arrive")
@@ -131,7 +131,7 @@ class Settings(EnvConfig):
             raise SettingsError(f"TRAINING_DEVICE must be auto, cuda or cpu, got {self.training_device!r}")
         for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length",
                      "label_studio_timeout", "label_studio_attempts", "max_projects", "max_choices", "eval_max_per_department", "adapter_cache_mb",
-                     "suggestions", "instant_versions_kept", "job_lost_after_seconds"):
+                     "suggestions_top_k", "instant_versions_kept", "job_lost_after_seconds"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be positive")
 

@@ -24,6 +24,7 @@ from core.jobs import UNFINISHED, JobStatus
 
 SCHEMA_VERSION = 2
 DEFAULT_PROJECT = 0  # requests that name no Label Studio project (the routing API, tools, old clients)
+UNKNOWN_ANNOTATOR = "unknown"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -77,6 +78,10 @@ CREATE TABLE IF NOT EXISTS project_stats (
     accepted INTEGER NOT NULL DEFAULT 0,
     corrected INTEGER NOT NULL DEFAULT 0,
     last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS annotator_stats (
+    annotator TEXT PRIMARY KEY,
+    labels INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS predictions (
     project_id INTEGER NOT NULL,
@@ -360,7 +365,7 @@ class Store:
         key = text_key(label.text)
         split = self._assign_split(db, label.project_id, key, label.department)
         if old is not None:
-            self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1)
+            self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1, old["annotator"])
         db.execute(
             "INSERT INTO labels(annotation_id, project_id, task_id, text, text_key, department, rationale, annotator, created_at,"
             " updated_at, lead_time, shown_model_version, shown_department, shown_score, accepted, source, seq, stored_at)"
@@ -375,7 +380,7 @@ class Store:
              label.shown_department, label.shown_score, label.accepted, old["source"] if same_gold else label.source,
              seq, old["stored_at"] if same_gold else now()),
         )
-        self._count(db, label.project_id, label.accepted, split, +1)
+        self._count(db, label.project_id, label.accepted, split, +1, label.annotator)
         if not same_gold:
             self._touch(db, label.project_id, seq)
         if old is None:
@@ -409,7 +414,9 @@ class Store:
         return row["split"] if row else "train"
 
     @staticmethod
-    def _count(db, project_id: int, accepted: int | None, split: str, sign: int) -> None:
+    def _count(db, project_id: int, accepted: int | None, split: str, sign: int, annotator: str | None) -> None:
+        db.execute("INSERT INTO annotator_stats(annotator, labels) VALUES (?, ?) ON CONFLICT(annotator)"
+                   " DO UPDATE SET labels = annotator_stats.labels + excluded.labels", (annotator or UNKNOWN_ANNOTATOR, sign))
         db.execute(
             "INSERT INTO project_stats(project_id, labels, eval, accepted, corrected) VALUES (?,?,?,?,?) ON CONFLICT(project_id)"
             " DO UPDATE SET labels = project_stats.labels + excluded.labels, eval = project_stats.eval + excluded.eval,"
@@ -437,17 +444,36 @@ class Store:
                 removed += self._remove(db, annotation_id)
         return removed
 
+    def name_annotators(self, names: dict[str, str]) -> int:
+        """Replace annotator ids by the people's names (emails) in the stored labels; the label data is unchanged,
+        so the label sequence does not move and no model refits."""
+        renamed = 0
+        with self._tx() as db:
+            for annotator, name in names.items():
+                moved = db.execute("UPDATE labels SET annotator = ? WHERE annotator = ?", (name, annotator)).rowcount
+                if moved:
+                    db.execute("UPDATE annotator_stats SET labels = labels - ? WHERE annotator = ?", (moved, annotator))
+                    db.execute("INSERT INTO annotator_stats(annotator, labels) VALUES (?, ?) ON CONFLICT(annotator)"
+                               " DO UPDATE SET labels = annotator_stats.labels + excluded.labels", (name, moved))
+                renamed += moved
+        return renamed
+
+    def annotator_counts(self) -> dict[str, int]:
+        """Gold labels per annotator, most first (maintained by every write: no scan)."""
+        return {r["annotator"]: int(r["labels"]) for r in self._read("SELECT annotator, labels FROM annotator_stats WHERE labels > 0"
+                                                                      " ORDER BY labels DESC, annotator")}
+
     def discard_label(self, annotation_id: int) -> int:
         """A label that stopped being gold (cancelled/skipped) without being deleted: it may come back."""
         with self._tx() as db:
             return self._remove(db, annotation_id)
 
     def _remove(self, db, annotation_id: int) -> int:
-        old = db.execute("SELECT project_id, text_key, accepted FROM labels WHERE annotation_id = ?", (annotation_id,)).fetchone()
+        old = db.execute("SELECT project_id, text_key, accepted, annotator FROM labels WHERE annotation_id = ?", (annotation_id,)).fetchone()
         if old is None:
             return 0
         db.execute("DELETE FROM labels WHERE annotation_id = ?", (annotation_id,))
-        self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1)
+        self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1, old["annotator"])
         self._touch(db, old["project_id"], self._next_seq(db))
         return 1
 
@@ -535,6 +561,10 @@ class Store:
             " SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END) AS accepted, SUM(CASE WHEN l.accepted = 0 THEN 1 ELSE 0 END) AS corrected"
             " FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id AND s.text_key = l.text_key GROUP BY l.project_id")
         kept = {r["project_id"]: (r["labels"], r["eval"], r["accepted"], r["corrected"]) for r in self._read("SELECT * FROM project_stats")}
+        per_annotator = {r["annotator"]: int(r["n"]) for r in self._read(
+            "SELECT COALESCE(annotator, ?) AS annotator, COUNT(*) AS n FROM labels GROUP BY 1", (UNKNOWN_ANNOTATOR,))}
+        if per_annotator != self.annotator_counts():
+            errors.append(f"annotator counters {self.annotator_counts()} but the labels say {per_annotator}")
         for row in counted:
             actual = tuple(int(row[k]) for k in ("labels", "eval", "accepted", "corrected"))
             if kept.get(row["project_id"], (0, 0, 0, 0)) != actual:
@@ -831,6 +861,8 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         if owner == DEFAULT_PROJECT and meta.get("label_config"):
             conn.execute("INSERT INTO projects(project_id, label_config, departments, updated_at) VALUES (?,?,?,?)",
                          (owner, meta["label_config"], departments, now()))
+        conn.execute("INSERT INTO annotator_stats(annotator, labels) SELECT COALESCE(annotator, ?), COUNT(*) FROM labels"
+                     " GROUP BY COALESCE(annotator, ?)", (UNKNOWN_ANNOTATOR, UNKNOWN_ANNOTATOR))
         conn.execute(
             "INSERT INTO project_stats(project_id, labels, eval, accepted, corrected, last_seq) SELECT l.project_id, COUNT(*),"
             " SUM(CASE WHEN s.split = 'eval' THEN 1 ELSE 0 END), SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END),"
