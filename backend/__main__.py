@@ -15,7 +15,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from core.settings import Settings, SettingsError
 
@@ -130,7 +129,7 @@ def roll_back(settings: Settings, name: str, project_id: int) -> int:
         names = ", ".join(v.name for v in store.versions(project_id, ModelKind.LLM)) or "none"
         print(f"error: project {project_id} has no LLM version {name!r}; its LLM versions: {names}", file=sys.stderr)
         return 2
-    if version.path and not Path(version.path, "adapter_config.json").exists():
+    if version.path and not (settings.model_path(version.path) / "adapter_config.json").exists():
         print(f"error: the adapter files of {name} are missing from {version.path}", file=sys.stderr)
         return 2
     store.promote_version(project_id, name)

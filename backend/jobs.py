@@ -119,3 +119,66 @@ class JobRunner:
             self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
                                   error=f"the {self.kind} worker {reason}; see {log_path}")
         log.info("%s job %d: %s", self.kind, job.id, self.store.get_job(job.id).status)
+
+
+class QueueDispatcher:
+    """With QUEUE_URL, training rounds go to RQ workers (``python -m training.worker``) on whatever machines run
+    them, instead of a worker process of this service. The store stays the truth: a round is requested (and
+    coalesced) there, handed to the queue by exactly one replica, claimed there by the worker that runs it, and
+    a worker that goes silent is declared lost and its round queued and handed over again."""
+
+    QUEUE = "train"
+
+    def __init__(self, kind: str, settings: Settings, store: Store, on_finished: Callable[[Job], None]):
+        from redis import Redis
+        from rq import Queue
+
+        self.kind = kind
+        self.settings = settings
+        self.store = store
+        self.on_finished = on_finished
+        self.worker = worker_id()
+        self.queue = Queue(self.QUEUE, connection=Redis.from_url(settings.queue_url))
+        self._wake = threading.Event()
+        self._stopped = False
+        self._watched: dict[int, str] = {}  # unfinished job -> status last seen, to report when each ends
+        self._thread = threading.Thread(target=self._loop, name=f"{kind}-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def request(self, reason: str, project_id: int) -> tuple[Job, bool]:
+        job, created = self.store.request_job(self.kind, reason, project_id)
+        if created:
+            log.info("%s job %d queued for project %d (%s); an RQ worker will run it", self.kind, job.id, project_id, reason)
+        self._wake.set()
+        return job, created
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            try:
+                self._dispatch()
+            except Exception:  # Redis or the store briefly away: try again on the next turn
+                log.exception("could not hand %s jobs to the queue", self.kind)
+            self._wake.wait(timeout=2.0)
+            self._wake.clear()
+
+    def _dispatch(self) -> None:
+        ago = datetime.now(UTC) - timedelta(seconds=self.settings.job_lost_after_seconds)
+        for lost in self.store.fail_lost_jobs(self.kind, ago.isoformat(timespec="milliseconds")):
+            log.warning("%s job %d was lost (%s stopped answering); queued again", self.kind, lost.id, lost.claimed_by)
+        for job in self.store.jobs_to_enqueue(self.kind, self.worker, ago.isoformat(timespec="milliseconds")):
+            self.queue.enqueue("training.worker.run_job", job.id, job_id=f"{self.kind}-{job.id}", job_timeout=-1,
+                               description=f"{self.kind} job {job.id} (project {job.project_id})")
+            log.info("%s job %d handed to the queue %s", self.kind, job.id, self.QUEUE)
+        for job in self.store.jobs(kind=self.kind, limit=20):
+            seen = self._watched.get(job.id)
+            if not job.finished:
+                self._watched[job.id] = job.status
+            elif seen is not None:
+                del self._watched[job.id]
+                self.on_finished(job)

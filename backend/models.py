@@ -294,7 +294,7 @@ class ModelManager:
     def _adapter_path(self, version: Version) -> str:
         """Adapters load only from their project's MODEL_DIR/projects/<id>/versions or the configured ADAPTER: a
         registry entry pointing elsewhere (an edited database, a path with '..') is refused rather than followed."""
-        path = Path(version.path).resolve()
+        path = self.settings.model_path(version.path).resolve()
         home = self.settings.project_dir(version.project_id) / "versions"
         allowed = [home.resolve()] + ([Path(self.settings.adapter).resolve()] if self.settings.adapter else [])
         if not any(path == root or root in path.parents for root in allowed):

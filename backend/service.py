@@ -17,7 +17,7 @@ from pathlib import Path
 from backend.annotator_view import AnnotatorView
 from backend.background import Background
 from backend.errors import ApiError
-from backend.jobs import JobRunner
+from backend.jobs import JobRunner, QueueDispatcher
 from backend.ls_sync import LabelStudioSync
 from backend.metrics import Metrics
 from backend.models import ModelManager, ModelPreparing
@@ -79,7 +79,13 @@ class Service:
         self.annotator_view = AnnotatorView(self.label_studio.client)
         self.started_at = time.time()
         self.refits = JobRunner(JobKind.REFIT, "learning.refit", settings, self.store, self._refit_finished)
-        self.jobs = JobRunner(JobKind.TRAIN, "training.round", settings, self.store, self._job_finished) if settings.base_model else None
+        self.jobs = self._training_jobs() if settings.base_model else None
+
+    def _training_jobs(self) -> JobRunner | QueueDispatcher:
+        """Rounds run in a worker process here, or, with QUEUE_URL, on RQ workers of any machine."""
+        if self.settings.queue_url:
+            return QueueDispatcher(JobKind.TRAIN, self.settings, self.store, self._job_finished)
+        return JobRunner(JobKind.TRAIN, "training.round", self.settings, self.store, self._job_finished)
 
     def start(self) -> None:
         """Work that must not delay the first answer: each known project's model (a saved one loads in seconds),

@@ -93,7 +93,9 @@ class SqliteDatabase:
             self._local.conn = None
 
 
-_PLACEHOLDER = re.compile(r"\?")
+def _pg(sql: str) -> str:
+    """psycopg's placeholders are %s, and a literal % (LIKE 'queue:%') must be doubled."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class _PgTx:
@@ -101,11 +103,11 @@ class _PgTx:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
-        self._cursor.execute(_PLACEHOLDER.sub("%s", sql), tuple(params))
+        self._cursor.execute(_pg(sql), tuple(params))
         return self._cursor
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]):
-        self._cursor.executemany(_PLACEHOLDER.sub("%s", sql), [tuple(r) for r in rows])
+        self._cursor.executemany(_pg(sql), [tuple(r) for r in rows])
         return self._cursor
 
 
@@ -128,7 +130,7 @@ class PostgresDatabase:
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[dict]:
         with self.connection().cursor() as cursor:
-            cursor.execute(_PLACEHOLDER.sub("%s", sql), tuple(params))
+            cursor.execute(_pg(sql), tuple(params))
             return cursor.fetchall() if cursor.description else []
 
     @contextmanager

@@ -72,7 +72,7 @@ def heartbeat(store, job_id: int, claimed_by: str, every: float = HEARTBEAT_SECO
         stop.set()
 
 
-def _die_with_parent() -> None:
+def exit_with_parent() -> None:
     """Runs in the child before exec: the kernel kills the worker when the thread that started it ends."""
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -86,7 +86,7 @@ def launch_worker(module: str, args: list[str], env: Mapping[str, str], log_path
     try:
         return subprocess.Popen([sys.executable, "-m", module, *args], env={**env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
-                                preexec_fn=_die_with_parent if die_with_parent else None)
+                                preexec_fn=exit_with_parent if die_with_parent else None)
     finally:
         if out is not None:
             out.close()

@@ -93,6 +93,7 @@ class Settings(EnvConfig):
     prepare_wait_seconds: float = setting("PREPARE_WAIT_SECONDS", 10.0, "how long /predict waits for a project whose labeling config is new to get its model before answering 503 (retry shortly); /setup waits at most 2 s")
     # Storage and models
     model_dir: Path = setting("MODEL_DIR", Path("models"), "where the label store (SQLite), model versions and job logs live; with several replicas, a volume they share")
+    queue_url: str = setting("QUEUE_URL", "", "empty: training rounds run in a worker process of this service; redis://host:port/db: they are queued for RQ workers (python -m training.worker) on any machine that shares STORE_URL and MODEL_DIR")
     store_url: str = setting("STORE_URL", "", "the label store: empty for the SQLite file under MODEL_DIR (one machine), or postgresql://user:password@host:port/database for several replicas and workers")
     labeling_config: Path = setting("LABEL_CONFIG", DEFAULT_LABELING_CONFIG, "labeling config used before Label Studio sends one (the project's config wins once it arrives)")
     catalog: Path = setting("CATALOG", DEFAULT_CATALOG, "department catalog; its duties texts seed the instant model")
@@ -114,6 +115,10 @@ class Settings(EnvConfig):
     training_device: str = setting("TRAINING_DEVICE", "auto", "where the LLM runs: auto (CUDA if present), cuda or cpu")
 
     def validate(self) -> None:
+        if self.queue_url and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"QUEUE_URL must be a redis:// URL (or empty to train in this service), got {self.queue_url[:40]!r}")
+        if self.queue_url and not self.store_url:
+            raise SettingsError("QUEUE_URL needs STORE_URL: workers on other machines must read the same store (PostgreSQL)")
         if self.store_url and not self.store_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError(f"STORE_URL must be a postgresql:// URL (or empty for SQLite under MODEL_DIR), got {self.store_url[:40]!r}")
         if not 0 < self.port < 65536:
@@ -156,6 +161,18 @@ class Settings(EnvConfig):
     def store_location(self) -> str:
         """STORE_URL, else the SQLite file under MODEL_DIR."""
         return self.store_url or str(self.model_dir / "store.sqlite3")
+
+    def model_path(self, path: str | Path) -> Path:
+        """A path the registry records, on this machine: relative ones are under MODEL_DIR, so replicas and workers
+        may mount the shared volume wherever they like."""
+        return Path(path) if Path(path).is_absolute() else self.model_dir / path
+
+    def registry_path(self, path: Path) -> str:
+        """What the registry records for a file under MODEL_DIR: the path relative to it."""
+        try:
+            return str(Path(path).relative_to(self.model_dir))
+        except ValueError:
+            return str(path)
 
     def project_dir(self, project_id: int) -> Path:
         """A project's models: instant/<version>/ and versions/<lora-N>/ (LoRA adapters)."""

@@ -729,6 +729,16 @@ class Store:
                        (JobStatus.RUNNING, stamp, claimed_by, stamp, row["id"], JobStatus.QUEUED))
         return self.get_job(row["id"])
 
+    def jobs_to_enqueue(self, kind: str, enqueuer: str, stale_before: str) -> list[Job]:
+        """Queued jobs no replica has handed to the queue yet (or whose hand-over is older than `stale_before`:
+        the replica died before enqueuing), marked as handed over by `enqueuer` — each goes to the queue once."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE kind = ? AND status = ? AND (claimed_by IS NULL OR"
+                              " (claimed_by LIKE 'queue:%' AND heartbeat_at < ?))", (kind, JobStatus.QUEUED, stale_before)).fetchall()
+            for row in rows:
+                db.execute("UPDATE jobs SET claimed_by = ?, heartbeat_at = ? WHERE id = ?", (f"queue:{enqueuer}", now(), row["id"]))
+        return [_job(row) for row in rows]
+
     def heartbeat(self, job_id: int, claimed_by: str, progress: dict | None = None) -> bool:
         """The worker is alive (and where it is); False when the job is no longer its own (declared lost)."""
         sets, params = "heartbeat_at = ?", [now()]

@@ -106,7 +106,8 @@ def register(store: Store, settings: Settings, project_id: int, clf, metrics: di
     data = metrics.pop("data")
     save(clf, version_dir(settings, project_id, clf.version))
     version = store.add_version(project_id, clf.version, ModelKind.INSTANT, status="candidate", parent=parent,
-                                path=str(version_dir(settings, project_id, clf.version)), data=data, metrics=metrics, note=note)
+                                path=settings.registry_path(version_dir(settings, project_id, clf.version)), data=data, metrics=metrics,
+                                note=note)
     if promote:
         store.promote_version(project_id, clf.version)
     for pruned in store.prune_versions(project_id, ModelKind.INSTANT, settings.instant_versions_kept):

@@ -122,3 +122,13 @@ def store_location(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "s.sqlite3"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    problems = local_services.missing()
+    if problems:
+        pytest.skip("PostgreSQL/Redis cannot run on this machine: " + "; ".join(problems))
+    server = local_services.start_redis()
+    yield server
+    server.stop()

@@ -187,7 +187,7 @@ class LlmModel:
             raise RuntimeError(f"training round {job.id} failed: {job.error or 'the worker exited without finishing it'}")
         serving = project.store.serving_version(PROJECT, ModelKind.LLM)
         if serving.name not in self._engine.adapters():
-            self._engine.load_adapter(serving.path, serving.name)
+            self._engine.load_adapter(str(project.settings.model_path(serving.path)), serving.name)
         return LlmScorer(self._engine, serving.name, project.space.departments,
                          batch_size=project.settings.predict_batch_size, adapter=serving.name)
 

@@ -345,7 +345,8 @@ def _round(store: Store, job_id: int, claimed_by: str, settings: Settings, confi
     # 3. load the model
     cuda = resolve_device(settings.training_device) == "cuda"
     model, tokenizer = load_model(settings.base_model, settings.max_seq_length, settings.training_device, for_training=True)
-    model = attach_lora(model, config, cuda, parent.path if parent and parent.path else None)
+    parent_path = str(settings.model_path(parent.path)) if parent and parent.path else None
+    model = attach_lora(model, config, cuda, parent_path)
     examples = []
     for label in chosen:
         encoded = template.training_example(label.text, label.department, label.rationale)
@@ -364,7 +365,8 @@ def _round(store: Store, job_id: int, claimed_by: str, settings: Settings, confi
                 "replay_labels": len(replay), "plan": plan, **stats,
                 "config": {k: v for k, v in config.to_env().items()}}
     path = save_adapter(model, settings.project_dir(project_id) / "versions", name, metadata)
-    store.add_version(project_id, name, ModelKind.LLM, status="candidate", parent=parent.name if parent else None, path=str(path), data=metadata)
+    store.add_version(project_id, name, ModelKind.LLM, status="candidate", parent=parent.name if parent else None,
+                      path=settings.registry_path(path), data=metadata)
 
     # 6. gate: both versions on the same frozen split
     store.update_job(job_id, status=JobStatus.EVALUATING, version=name, progress={"phase": "evaluating", "step": stats["steps"],
@@ -378,8 +380,8 @@ def _round(store: Store, job_id: int, claimed_by: str, settings: Settings, confi
     model.eval()
     engine = LlmEngine(model, tokenizer, settings.max_seq_length)
     candidate = evaluate(engine, "default", name, departments, held_out, settings.predict_batch_size)
-    if parent and parent.path:
-        engine.load_adapter(parent.path, "serving")
+    if parent_path:
+        engine.load_adapter(parent_path, "serving")
         serving = evaluate(engine, "serving", parent.name, departments, held_out, settings.predict_batch_size)
     else:
         serving = evaluate(engine, None, parent.name if parent else "base", departments, held_out, settings.predict_batch_size)
