@@ -35,17 +35,20 @@ AUTH_ENV = {"ML_SERVER_BASIC_AUTH_USER": AUTH[0], "ML_SERVER_BASIC_AUTH_PASS": A
 class Served:
     """One `podman run` of the image, on a free port of 127.0.0.1."""
 
-    def __init__(self, tag: str, model_dir: Path, env: dict[str, str]):
+    def __init__(self):
         self.name = f"dept-router-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        subprocess.run(container.run_command(tag, name=self.name, model_dir=model_dir, port=self.port, env=env), check=True, capture_output=True)
+
+    def start(self, tag: str, model_dir: Path, env: dict[str, str]) -> Served:
+        command = container.run_command(tag, name=self.name, model_dir=model_dir, port=self.port, env=env, detach=True)
+        started = subprocess.run(command, capture_output=True, text=True)
+        assert started.returncode == 0, f"podman run failed: {started.stderr}"
         try:
             wait_until(self.healthy, timeout=120, interval=0.5, what="/health of the container")
         except AssertionError as exc:
-            logs = self.logs()
-            self.remove()
-            raise AssertionError(f"{exc}; its log:\n{logs}") from None
+            raise AssertionError(f"{exc}; its log:\n{self.logs()}") from None
+        return self
 
     def healthy(self) -> bool:
         try:
@@ -91,8 +94,8 @@ def serve(image, model_dir):
     started: list[Served] = []
 
     def start() -> Served:
-        started.append(Served(image, model_dir, AUTH_ENV))
-        return started[-1]
+        started.append(Served())  # before it starts, so that whatever it leaves running is removed
+        return started[-1].start(image, model_dir, AUTH_ENV)
 
     yield start
     for served in started:

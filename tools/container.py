@@ -123,32 +123,32 @@ def build(tag: str, base: str | None = None, gpu: bool = False, context: Path = 
         build_args["BASE_IMAGE"] = base
     if not gpu:
         build_args["EXTRA_REQUIREMENTS"] = ""
-    run(["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "docker", "--tag", tag,
+    run(["buildah", "bud", "--isolation", "chroot", "--layers", "--force-rm", "--format", "docker", "--tag", tag,
          *(f"--volume={host}:{inside}:ro" for host, inside in mounts.items()),
          *(f"--build-arg={name}={value}" for name, value in build_args.items()), str(context)])
     return tag
 
 
-def run_command(tag: str, *, name: str, model_dir: Path, port: int, env: dict[str, str] | None = None, detach: bool = True) -> list[str]:
-    """`podman run` for the image as this machine allows it: MODEL_DIR on a host folder, the port on 127.0.0.1."""
+def run_command(tag: str, *command: str, name: str | None = None, model_dir: Path | None = None, port: int | None = None,
+                env: dict[str, str] | None = None, detach: bool = False) -> list[str]:
+    """`podman run` of the image as this machine allows it; MODEL_DIR on a host folder, the port on 127.0.0.1."""
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return ["podman", "--runtime", "runc", "run", *(["--detach"] if detach else []), "--name", name,
-            # Limits podman may set without CAP_SYS_RESOURCE: no more open files than this process may have, and
-            # far fewer processes than the 32768 podman lowers its own RLIMIT_NPROC to (measured in /proc/PID/limits).
-            f"--ulimit=nofile={nofile[0]}:{nofile[1]}", f"--ulimit=nproc={NPROC}:{NPROC}",
-            # No systemd here to time the HEALTHCHECK; `podman healthcheck run` still runs it on demand.
-            "--health-interval=disable",
-            f"--publish=127.0.0.1:{port}:9090", f"--volume={model_dir}:/data/models",
-            *(f"--env={k}={v}" for k, v in (env or {}).items()), tag]
+    options = [
+        # Limits podman may set without CAP_SYS_RESOURCE: no more open files than this process may have, and
+        # far fewer processes than the 32768 podman lowers its own RLIMIT_NPROC to (measured in /proc/PID/limits).
+        f"--ulimit=nofile={nofile[0]}:{nofile[1]}", f"--ulimit=nproc={NPROC}:{NPROC}",
+        # No systemd here to time the HEALTHCHECK; `podman healthcheck run` still runs it on demand.
+        "--health-interval=disable",
+        *([f"--name={name}"] if name else ["--rm"]), *(["--detach"] if detach else []),
+        *([f"--publish=127.0.0.1:{port}:9090"] if port else []), *([f"--volume={model_dir}:/data/models"] if model_dir else []),
+        *(f"--env={k}={v}" for k, v in (env or {}).items()),
+    ]
+    return ["podman", "--runtime", "runc", "run", *options, tag, *command]
 
 
 def run_in_image(tag: str, *command: str) -> str:
-    """What `command` prints when run in the image as its user (buildah: no runtime, network or ports needed)."""
-    container = run(["buildah", "from", "--quiet", tag], capture_output=True, text=True).stdout.strip()
-    try:
-        return run(["buildah", "run", "--isolation", "chroot", container, "--", *command], capture_output=True, text=True).stdout
-    finally:
-        subprocess.run(["buildah", "rm", container], capture_output=True)
+    """What `command` prints when run in a throw-away container of the image, as the image's user."""
+    return run(run_command(tag, *command), capture_output=True, text=True).stdout
 
 
 def image_user(tag: str) -> tuple[int, int]:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(item.split("=", 1) for item in args.env)
     name = f"dept-router-{os.getpid()}"
     try:
-        return subprocess.run(run_command(args.tag, name=name, model_dir=args.model_dir.resolve(), port=args.port, env=env, detach=False)).returncode
+        return subprocess.run(run_command(args.tag, name=name, model_dir=args.model_dir.resolve(), port=args.port, env=env)).returncode
     except KeyboardInterrupt:
         return 130
     finally:
