@@ -1,9 +1,9 @@
 # The backend's image. By default the production one: a CUDA machine (an RTX 4090), unsloth 4-bit LoRA scoring and
-# fine-tuning. Any Debian or Ubuntu base that packages Python 3.11 builds it; tests/test_container.py builds it from
-# a local Debian 12 base without the GPU extras and serves the sample tickets from it (README, "Container").
-#   docker build -t dept-router .        then docker-compose.yml runs it beside Label Studio
-#   buildah bud --isolation chroot --layers --format docker --build-arg BASE_IMAGE=localhost/debian:bookworm \
-#       --build-arg EXTRA_REQUIREMENTS= -t dept-router .      (a machine without a Docker engine, as here)
+# fine-tuning. Any Debian or Ubuntu base that packages Python 3.11 builds it (README, "Container"):
+#   docker build -t dept-router .              then docker-compose.yml runs it beside Label Studio
+#   python -m tools.container build            here, without a Docker engine or registry: buildah, from a Debian 12
+#                                              base made from Debian's packages, without the GPU extras
+# tests/test_container.py builds it that way and serves the sample tickets from it.
 # Ubuntu 22.04 rather than 24.04: 24.04 packages only Python 3.12, and every test runs on 3.11.
 ARG BASE_IMAGE=docker.io/nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 FROM ${BASE_IMAGE}
