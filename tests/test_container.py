@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_the_image_holds_python_3_11_the_product_packages_and_nothing_else(image
     probe = "import json, os, sys; print(json.dumps({'python': sys.version_info[:2], 'uid': os.getuid(), 'app': sorted(os.listdir('/app'))}))"
     found = json.loads(container.run_in_image(image, "python", "-c", probe))
     assert tuple(found["python"]) == sys.version_info[:2] == (3, 11)
-    assert found["uid"] != 0
+    assert found["uid"] not in (0, 1000)  # not root, and not the UID Ubuntu 24.04 bases give their `ubuntu` user
     # .dockerignore lets exactly the product through: no venvs, var/, models/ or tests in the build context
     assert found["app"] == sorted([*PARTS, "requirements.txt", "requirements-gpu.txt"])
 
@@ -158,7 +159,7 @@ def test_the_compose_file_is_valid_with_exactly_the_command_its_comment_gives(tm
         pytest.skip("podman-compose needs podman (`make container-tools` installs it)")
     compose = [str(Path(sys.executable).parent / "podman-compose"), "-f", str(repo_root() / "docker-compose.yml")]
     clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    script = compose_commands().replace("docker compose up -d", " ".join(compose) + " config")
+    script = compose_commands().replace("docker compose up -d", shlex.join([*compose, "config"]))
     checked = subprocess.run(["bash", "-euc", script], env=clean, capture_output=True, text=True, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     backend = yaml.safe_load(checked.stdout)["services"]["backend"]
@@ -167,3 +168,20 @@ def test_the_compose_file_is_valid_with_exactly_the_command_its_comment_gives(tm
     # and without the comment's variables, it refuses with the name of what is missing
     refused = subprocess.run([*compose, "config"], env=clean, capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode != 0 and "LABEL_STUDIO_" in refused.stderr
+
+
+def test_the_build_gets_this_machines_pip_sources_mounted_where_pip_in_the_build_looks():
+    printed = "\n".join([
+        ":env:.find-links='/opt/wheels'",
+        "global.find-links='/elsewhere'",  # the environment wins, as in pip
+        "global.extra-index-url='file:///opt/pypi/simple https://mirror.example/simple'",
+        "global.cert='/etc/ssl/certs/ca-certificates.crt'",
+        "global.constraint='/etc/xdg/pip/constraints.txt'",  # not a source: the requirements pin torch themselves
+    ])
+    build_args, mounts = container.host_pip_sources(printed)
+    assert build_args == {"PIP_FIND_LINKS": "/mnt/host/opt/wheels",
+                          "PIP_EXTRA_INDEX_URL": "file:///mnt/host/opt/pypi/simple https://mirror.example/simple",
+                          "PIP_CERT": "/mnt/host/etc/ssl/certs/ca-certificates.crt"}
+    # a local index's pages link to ../../files/: its parent folder is mounted
+    assert mounts == {"/opt/wheels": "/mnt/host/opt/wheels", "/opt/pypi": "/mnt/host/opt/pypi",
+                      "/etc/ssl/certs/ca-certificates.crt": "/mnt/host/etc/ssl/certs/ca-certificates.crt"}
