@@ -1,9 +1,10 @@
 """All configuration of the service, in one typed object read from environment variables.
 
 Names follow Label Studio's ML-backend conventions where one exists (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
-BASIC_AUTH_USER/BASIC_AUTH_PASS, MODEL_DIR, PORT, LOG_LEVEL). ``python -m backend settings`` prints both tables
-(the service's ``Settings`` and the fine-tuning worker's ``TrainingConfig``); the README's configuration table is
-the same text.
+BASIC_AUTH_USER/BASIC_AUTH_PASS, MODEL_DIR, PORT, LOG_LEVEL); where Label Studio itself uses two names (its compose
+files say BASIC_AUTH_USER, its ML-backend template ML_SERVER_BASIC_AUTH_USER), both are read.
+``python -m backend settings`` prints both tables (the service's ``Settings`` and the fine-tuning worker's
+``TrainingConfig``); the README's configuration table is the same text.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ class SettingsError(ValueError):
     """An environment variable has a value the service cannot use."""
 
 
-def setting(env: str, default, doc: str):
-    """A configuration field read from the environment variable `env`."""
-    return field(default=default, metadata={"env": env, "doc": doc})
+def setting(env: str, default, doc: str, aliases: tuple[str, ...] = ()):
+    """A configuration field read from the environment variable `env`, or from one of its `aliases`."""
+    return field(default=default, metadata={"env": env, "doc": doc, "aliases": aliases})
 
 
 class EnvConfig:
@@ -33,10 +34,12 @@ class EnvConfig:
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f, raw)
+            given = {name: environ[name] for name in (f.metadata["env"], *f.metadata["aliases"]) if environ.get(name)}
+            if len(set(given.values())) > 1:
+                raise SettingsError(f"{' and '.join(given)} are the same setting but differ; set one of them")
+            if given:
+                name, raw = next(iter(given.items()))
+                values[f.name] = _convert(f, name, raw)
         values.update(overrides)
         config = cls(**values)
         config.validate()
@@ -66,7 +69,8 @@ class EnvConfig:
         lines = ["| variable | default | meaning |", "|---|---|---|"]
         for f in fields(cls):
             default = f.default if not isinstance(f.default, Path) else _relative(f.default)
-            lines.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['doc']} |")
+            aliases = "".join(f"; also read from `{alias}`" for alias in f.metadata["aliases"])
+            lines.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['doc']}{aliases} |")
         return "\n".join(lines)
 
 
@@ -82,8 +86,8 @@ class Settings(EnvConfig):
     port: int = setting("PORT", 9090, "HTTP port")
     threads: int = setting("THREADS", 8, "gunicorn worker threads (one worker process holds the model; threads keep /health and /webhook fast while /predict runs)")
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
-    basic_auth_user: str = setting("BASIC_AUTH_USER", "", "when set with BASIC_AUTH_PASS, every request needs HTTP Basic auth (configure the same pair in Label Studio's model settings)")
-    basic_auth_pass: str = setting("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER")
+    basic_auth_user: str = setting("BASIC_AUTH_USER", "", "when set with BASIC_AUTH_PASS, every request needs HTTP Basic auth (configure the same pair in Label Studio's model settings)", aliases=("ML_SERVER_BASIC_AUTH_USER",))
+    basic_auth_pass: str = setting("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER", aliases=("ML_SERVER_BASIC_AUTH_PASS",))
     public_health: bool = setting("PUBLIC_HEALTH", True, "leave GET /health open without auth (for load balancers); other endpoints still need it")
     max_request_bytes: int = setting("MAX_REQUEST_BYTES", 20_000_000, "larger request bodies are refused with 413")
     max_tasks_per_predict: int = setting("MAX_TASKS_PER_PREDICT", 5000, "a /predict call with more tasks is refused with 413")
@@ -186,9 +190,8 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _convert(f: dataclasses.Field, raw: str):
+def _convert(f: dataclasses.Field, env: str, raw: str):
     kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}[f.type]
-    env = f.metadata["env"]
     try:
         if kind is bool:
             lowered = raw.strip().lower()

@@ -6,7 +6,7 @@ missed it) found through the filter, then by a click in the list. Each answer mu
 right accepted/corrected flag and the annotator's email. The test counts the
 keystrokes and clicks per ticket, prints them, and saves the screenshots the README shows (docs/screenshots/).
 
-Chromium, its driver and CJK fonts come from Debian (tests/setup_browser.sh, run by `make test`); without them the
+Chromium, its driver and CJK fonts come from Debian (tests/setup_system.sh, run by `make test`); without them the
 test is skipped and says why.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def browser():
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
         pytest.skip(f"no browser: {', '.join(missing)} missing; `make test` installs Debian's chromium, chromium-driver and "
-                    "fonts-noto-cjk through tests/setup_browser.sh, which printed why it could not")
+                    "fonts-noto-cjk through tests/setup_system.sh, which printed why it could not")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
