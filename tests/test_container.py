@@ -148,9 +148,13 @@ def test_gold_labels_in_the_model_dir_volume_outlive_the_container(serve):
 
 def compose_commands() -> str:
     """The shell lines the compose file's opening comment tells a user to run, `docker compose up -d` last."""
-    comment = (repo_root() / "docker-compose.yml").read_text(encoding="utf-8").split("\n\n")[0]
+    return _command_block(0, "docker compose up -d")
+
+
+def _command_block(paragraph: int, last: str) -> str:
+    comment = (repo_root() / "docker-compose.yml").read_text(encoding="utf-8").split("\n\n")[paragraph]
     lines = [line.removeprefix("#").strip() for line in comment.splitlines() if line.startswith("#   ")]
-    assert lines and lines[-1] == "docker compose up -d", f"the comment's command block should end with `docker compose up -d`: {lines}"
+    assert lines and lines[-1] == last, f"the comment's command block should end with `{last}`: {lines}"
     return "\n".join(lines)
 
 
@@ -165,9 +169,22 @@ def test_the_compose_file_is_valid_with_exactly_the_command_its_comment_gives(tm
     backend = yaml.safe_load(checked.stdout)["services"]["backend"]
     assert backend["build"]["context"] == str(repo_root()) and backend["image"] == "dept-router:latest"
     assert "backend-data:/data" in backend["volumes"] and backend["environment"]["MODEL_DIR"] == "/data/models"
+    assert set(yaml.safe_load(checked.stdout)["services"]) == {"label-studio", "backend"}
     # and without the comment's variables, it refuses with the name of what is missing
     refused = subprocess.run([*compose, "config"], env=clean, capture_output=True, text=True, cwd=tmp_path)
     assert refused.returncode != 0 and "LABEL_STUDIO_" in refused.stderr
+    # the scale profile: PostgreSQL, Redis, two replicas behind a load balancer and a worker, on one store and queue
+    scale = compose_commands().replace("docker compose up -d", "") + "\n" + _command_block(1, "docker compose --profile scale up -d")
+    checked = subprocess.run(["bash", "-euc", scale.replace("docker compose --profile scale up -d",
+                                                            shlex.join([*compose, "--profile", "scale", "config"]))],
+                             env=clean, capture_output=True, text=True, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    services = yaml.safe_load(checked.stdout)["services"]
+    assert set(services) == {"label-studio", "backend", "backend-2", "router", "postgres", "redis", "worker"}
+    for name in ("backend", "backend-2", "worker"):
+        assert services[name]["environment"]["STORE_URL"].startswith("postgresql://router:")
+        assert services[name]["environment"]["QUEUE_URL"] == "redis://redis:6379/0" and "backend-data:/data" in services[name]["volumes"]
+    assert services["worker"]["command"] == ["python", "-m", "training.worker"]
 
 
 def test_the_build_gets_this_machines_pip_sources_mounted_where_pip_in_the_build_looks():
