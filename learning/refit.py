@@ -66,7 +66,7 @@ def next_version_name(store: Store, project_id: int) -> str:
 def fit_version(store: Store, project_id: int, version: str, departments: Sequence[str], seed_texts: Mapping[str, str],
                 settings: Settings, labels: Sequence[StoredLabel] | None = None):
     """(classifier, metrics) of the project's labels (or of `labels`), with what the registry records about it."""
-    seq = store.project_seq(project_id)
+    seq = store.project_seq(project_id) if labels is None else 0  # the catalog's prototypes have seen no label
     started = time.perf_counter()
     clf, metrics = fit_on_labels(version, departments, store.labels(project_id) if labels is None else labels, seed_texts,
                                  settings.max_text_chars)
