@@ -43,9 +43,11 @@ def _died_here(claimed_by: str | None) -> bool:
 
 
 class JobRunner:
-    def __init__(self, kind: str, module: str, settings: Settings, store: Store, on_finished: Callable[[Job], None]):
+    def __init__(self, kind: str, module: str, settings: Settings, store: Store, on_finished: Callable[[Job], None],
+                 warmup_module: str | None = None):
         self.kind = kind
         self.module = module
+        self.warmup_module = warmup_module
         self.settings = settings
         self.store = store
         self.on_finished = on_finished
@@ -84,6 +86,11 @@ class JobRunner:
             shutil.rmtree(partial, ignore_errors=True)
 
     def _loop(self) -> None:
+        if self.warmup_module:  # before the first job, so its first step finds the kernels compiled
+            log_path = self.jobs_dir / "warmup.log"
+            self.jobs_dir.mkdir(parents=True, exist_ok=True)
+            code = launch_worker(self.warmup_module, [], {**os.environ, **self.settings.to_env()}, log_path).wait()
+            log.info("%s warm-up ended with code %d (log %s)", self.kind, code, log_path)
         while not self._stopped:
             silent_since = (datetime.now(UTC) - timedelta(seconds=self.settings.job_lost_after_seconds)).isoformat(timespec="milliseconds")
             for lost in self.store.fail_lost_jobs(self.kind, silent_since):

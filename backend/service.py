@@ -85,7 +85,7 @@ class Service:
         """Rounds run in a worker process here, or, with QUEUE_URL, on RQ workers of any machine."""
         if self.settings.queue_url:
             return QueueDispatcher(JobKind.TRAIN, self.settings, self.store, self._job_finished)
-        return JobRunner(JobKind.TRAIN, "training.round", self.settings, self.store, self._job_finished)
+        return JobRunner(JobKind.TRAIN, "training.round", self.settings, self.store, self._job_finished, warmup_module="training.warmup")
 
     def start(self) -> None:
         """Work that must not delay the first answer: each known project's model (a saved one loads in seconds),

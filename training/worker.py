@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             exit_with_parent()  # kill -9 of the worker must not leave a round running unseen
             super().main_work_horse(job, queue)
 
+    from training.warmup import warm
+
+    log.info("warm-up: %s", warm(settings, TrainingConfig.from_env()))  # before the first round, not inside it
     worker = HorseDiesWithWorker(list(QUEUES), connection=Redis.from_url(settings.queue_url), name=worker_id().replace(":", "-"))
     log.info("training worker %s waiting on %s", worker.name, ", ".join(QUEUES))
     worker.work(burst=args.burst, with_scheduler=False)
