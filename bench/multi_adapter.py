@@ -26,9 +26,9 @@ import threading
 import time
 from pathlib import Path
 
-from annotation_config.catalog import DEFAULT_LABELING_CONFIG, SAMPLE_TICKETS
+from annotation_config.catalog import SAMPLE_TICKETS, load_catalog
 from core.jobs import ModelKind
-from core.labeling import parse_label_config
+from core.labeling import LabelSpace
 from core.settings import Settings
 from core.store import Store
 
@@ -57,6 +57,13 @@ def make_adapter(path: Path, base_config, r: int, seed: int, modules: list[str])
     save_file(tensors, str(path / "adapter_model.safetensors"))
     LoraConfig(r=r, lora_alpha=r, target_modules=modules, task_type="CAUSAL_LM").save_pretrained(str(path))
     return (path / "adapter_model.safetensors").stat().st_size
+
+
+def catalog_space() -> LabelSpace:
+    """The 70 catalog departments as the default labeling config names them (built directly: the GPU machine has no
+    Label Studio SDK to parse a config with)."""
+    return LabelSpace(department_control="department", to_name="text", data_key="text", departments=load_catalog().names,
+                      rationale_control=None, suggestions_control=None)
 
 
 def drive(models, projects: list[int], tickets: list[str], total: int, callers: int, per_request: int = 8) -> dict:
@@ -113,10 +120,9 @@ def scenario(name: str, base_model: str, adapters: list[Path], projects: int, bu
         settings = Settings(model_dir=Path(tmp), base_model=base_model, training_device=device, adapter_cache_mb=budget_mb,
                             predict_batch_size=batch, prepare_wait_seconds=600)
         store = Store(settings.store_location)
-        config = DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8")
-        space = parse_label_config(config)
+        space = catalog_space()
         for project in range(1, projects + 1):
-            store.remember_project(project, config, space.departments)
+            store.remember_project(project, None, space.departments)  # the space is given: no labeling config to parse
             home = settings.project_dir(project) / "versions" / "lora-1"
             home.parent.mkdir(parents=True)
             shutil.copytree(adapters[project - 1], home)

@@ -437,6 +437,13 @@ def _round(store: Store, job_id: int, claimed_by: str, settings: Settings, confi
     return status
 
 
+def keep_compiled_kernels(settings: Settings) -> None:
+    """Compiled kernels (torch's and triton's) are kept with the models, on the volume that outlives a container,
+    so every round after the first — and after the warm-up — skips most of the compilation."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.model_dir / "cache" / "torchinductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(settings.model_dir / "cache" / "triton"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.round", description=__doc__.split("\n\n")[0])
     parser.add_argument("--job", type=int, required=True, help="id of the queued job in the store")
@@ -444,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, config = Settings.from_env(), TrainingConfig.from_env()
-    # Compiled kernels are kept with the model, so every round after the first skips most of the compilation.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.model_dir / "cache" / "torchinductor"))
+    keep_compiled_kernels(settings)
     claimed_by = args.claimed_by or worker_id()
     try:
         run_round(args.job, claimed_by, settings, config)

@@ -4,7 +4,7 @@
 
 On CUDA, unsloth compiles kernels for the shapes a round meets on its first step: 25-42 s more on a cold cache than
 on a warm one (BENCHMARKS.md). This runs one short fine-tuning on synthetic tickets of every padded length a round
-uses, keeps the kernels under MODEL_DIR/cache/torchinductor (where rounds look for them), throws the adapter away and
+uses, keeps the kernels under MODEL_DIR/cache/ (where rounds look for them), throws the adapter away and
 writes MODEL_DIR/cache/warm.json naming what it warmed. The service's training runner runs it once before its first
 round; a queue worker (training.worker) before it takes jobs. On a CPU nothing is compiled: it does nothing.
 """
@@ -25,10 +25,6 @@ from core.settings import Settings, TrainingConfig
 log = logging.getLogger("training.warmup")
 
 
-def cache_dir(settings: Settings) -> Path:
-    return settings.model_dir / "cache" / "torchinductor"
-
-
 def _key(settings: Settings, config: TrainingConfig, micro_batch: int, grad_accumulation: int) -> str:
     import torch
 
@@ -43,11 +39,12 @@ def warm(settings: Settings, config: TrainingConfig) -> dict:
 
     if resolve_device(settings.training_device) != "cuda":
         return {"skipped": "no CUDA device: the CPU path compiles nothing"}
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir(settings)))
     from annotation_config.catalog import load_catalog
     from training.loading import load_model
     from training.prompt import PromptTemplate
-    from training.round import attach_lora, fine_tune, split_batch
+    from training.round import attach_lora, fine_tune, keep_compiled_kernels, split_batch
+
+    keep_compiled_kernels(settings)
 
     micro_batch, grad_accumulation = split_batch(config, cuda=True)
     marker = settings.model_dir / "cache" / "warm.json"

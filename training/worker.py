@@ -25,10 +25,10 @@ QUEUES = ("train",)
 
 def run_job(job_id: int) -> str:
     """The RQ job: one round, claimed in the store by this worker."""
-    from training.round import run_round
+    from training.round import keep_compiled_kernels, run_round
 
     settings, config = Settings.from_env(), TrainingConfig.from_env()
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.model_dir / "cache" / "torchinductor"))
+    keep_compiled_kernels(settings)
     claimed_by = worker_id()
     try:
         return run_round(job_id, claimed_by, settings, config)
