@@ -137,6 +137,30 @@ CREATE TABLE IF NOT EXISTS projects (
     model_version TEXT,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS routes (
+    project_id INTEGER NOT NULL,
+    ticket_id TEXT NOT NULL,
+    text_key TEXT NOT NULL,
+    department TEXT NOT NULL,
+    probability REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('auto', 'review')),
+    threshold REAL,
+    audit INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    task_id INTEGER,
+    reviewed_department TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, ticket_id)
+);
+CREATE INDEX IF NOT EXISTS routes_task ON routes(project_id, task_id);
+CREATE TABLE IF NOT EXISTS audits (
+    project_id INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    audited INTEGER NOT NULL DEFAULT 0,
+    correct INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project_id, model_version)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -729,6 +753,57 @@ class Store:
                        (JobStatus.RUNNING, stamp, claimed_by, stamp, row["id"], JobStatus.QUEUED))
         return self.get_job(row["id"])
 
+    # -- routing: decisions per ticket, and the audit of auto-routed ones ------------------------------------
+    def routes(self, project_id: int, ticket_ids: Iterable[str]) -> dict[str, Route]:
+        ids = list(ticket_ids)
+        found = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start: start + 500]
+            for row in self._read(f"SELECT * FROM routes WHERE project_id = ? AND ticket_id IN ({','.join('?' * len(chunk))})",
+                                  (project_id, *chunk)):
+                found[row["ticket_id"]] = Route(**dict(row))
+        return found
+
+    def save_routes(self, routes: list[Route]) -> dict[str, Route]:
+        """Store decisions; a ticket id decided meanwhile (another replica) keeps its first decision. Returns what
+        is stored for each id."""
+        with self._tx() as db:
+            db.executemany("INSERT INTO routes(project_id, ticket_id, text_key, department, probability, model_version, decision, threshold,"
+                           " audit, reason, task_id, reviewed_department, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                           " ON CONFLICT(project_id, ticket_id) DO NOTHING",
+                           [(r.project_id, r.ticket_id, r.text_key, r.department, r.probability, r.model_version, r.decision, r.threshold,
+                             r.audit, r.reason, r.task_id, r.reviewed_department, r.created_at) for r in routes])
+        return self.routes(routes[0].project_id, [r.ticket_id for r in routes]) if routes else {}
+
+    def set_route_task(self, project_id: int, ticket_id: str, task_id: int) -> None:
+        with self._tx(serialize=False) as db:
+            db.execute("UPDATE routes SET task_id = ? WHERE project_id = ? AND ticket_id = ?", (task_id, project_id, ticket_id))
+
+    def record_review(self, project_id: int, task_id: int, department: str) -> Route | None:
+        """People answered a routed ticket's task: the first answer is its review; for an audited one it counts
+        towards its model version's realised precision. Returns the route, or None when the task is no route's."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM routes WHERE project_id = ? AND task_id = ?", (project_id, task_id)).fetchone()
+            if row is None:
+                return None
+            if row["reviewed_department"] is None:
+                db.execute("UPDATE routes SET reviewed_department = ? WHERE project_id = ? AND ticket_id = ?",
+                           (department, project_id, row["ticket_id"]))
+                if row["audit"]:
+                    db.execute("INSERT INTO audits(project_id, model_version, audited, correct) VALUES (?, ?, 1, ?) ON CONFLICT"
+                               "(project_id, model_version) DO UPDATE SET audited = audits.audited + 1, correct = audits.correct + excluded.correct",
+                               (project_id, row["model_version"], int(department == row["department"])))
+            row = db.execute("SELECT * FROM routes WHERE project_id = ? AND task_id = ?", (project_id, task_id)).fetchone()
+        return Route(**dict(row))
+
+    def audit_counts(self, project_id: int, model_version: str) -> tuple[int, int]:
+        rows = self._read("SELECT audited, correct FROM audits WHERE project_id = ? AND model_version = ?", (project_id, model_version))
+        return (int(rows[0]["audited"]), int(rows[0]["correct"])) if rows else (0, 0)
+
+    def route_counts(self, project_id: int) -> dict[str, int]:
+        return {r["decision"]: int(r["n"]) for r in self._read("SELECT decision, COUNT(*) AS n FROM routes WHERE project_id = ?"
+                                                                " GROUP BY decision", (project_id,))}
+
     def jobs_to_enqueue(self, kind: str, enqueuer: str, stale_before: str) -> list[Job]:
         """Queued jobs no replica has handed to the queue yet (or whose hand-over is older than `stale_before`:
         the replica died before enqueuing), marked as handed over by `enqueuer` — each goes to the queue once."""
@@ -823,6 +898,30 @@ class Store:
         rows = self._read("SELECT MAX(label_seq) AS s FROM jobs WHERE kind = ? AND project_id = ? AND status != ?",
                           (kind, project_id, JobStatus.FAILED))
         return rows[0]["s"] or 0
+
+
+@dataclass
+class Route:
+    """One ticket's routing decision, kept so the same ticket id always gets the same answer."""
+
+    project_id: int
+    ticket_id: str
+    text_key: str
+    department: str
+    probability: float
+    model_version: str
+    decision: str
+    threshold: float | None
+    audit: int
+    reason: str | None
+    task_id: int | None
+    reviewed_department: str | None
+    created_at: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.ticket_id, "department": self.department, "probability": round(self.probability, 6),
+                "model_version": self.model_version, "decision": self.decision, "threshold": self.threshold,
+                "audit": bool(self.audit), **({"reason": self.reason} if self.reason else {})}
 
 
 def _current_seq(db) -> int:
