@@ -14,7 +14,9 @@ scores the store keeps, so the service calls them without state:
    fixed-sequence testing, which controls the family-wise error at 1 - confidence with no Bonferroni correction
    (Learn then Test: Angelopoulos, Bates, Candès, Jordan & Lei, 2021, arXiv:2110.01052; Bates et al., 2021,
    "Distribution-free, risk-controlling prediction sets", JACM). The candidates are fixed before any label is looked
-   at: they depend on the scores only, never on which rows were right.
+   at: they depend on the scores only, never on which rows were right. Given the scores, whether each row is right
+   is an independent trial, and the binomial bound stays valid for trials with unequal chances (Hoeffding, 1956), so
+   the argument holds conditionally on the scores; the tests check it against the precision over all future tickets.
 2. **Each ticket** (`AutoRouting.decide`): auto when the version is not stopped and the score reaches the threshold
    of the predicted department; `AutoRouting.audit_selected` then picks a random share of auto-routed tickets for
    a person to check, the same way for the same ticket every time (a hash, not a random draw).
@@ -183,7 +185,9 @@ def choose_department_thresholds(scores: Sequence[float], correct: Sequence[bool
     A department predicted for at least `min_department_rows` calibration rows gets its own threshold; the others
     share one threshold proven on their pooled rows. Without `predicted`, or with `min_department_rows` 0, there is
     one global threshold (`rest`). Each threshold holds with the promised confidence on its own; the precision over
-    all auto-routed tickets is at least the target whenever every group's holds."""
+    all auto-routed tickets is at least the target whenever every group's holds, which for G groups is guaranteed
+    only with confidence 1 - G * (1 - confidence) by the union bound (one group's miss need not pull the whole mix
+    below the target)."""
     s = np.asarray(scores, dtype=float).reshape(-1)
     c = np.asarray(correct).reshape(-1)
     if min_department_rows < 0:
