@@ -1,8 +1,10 @@
 """The department catalog: the one place that says which units tickets can be routed to.
 
-A catalog is a JSON file (``{"title": ..., "departments": [{"name", "duties", "aliases"}]}``) or a CSV file
-with the columns ``name,duties,aliases`` (aliases separated by ``|``). ``duties`` is the unit's 职责 text; the
-instant model reads it (with the aliases) as a seed example, so suggestions are sensible before any label exists.
+A catalog is a JSON file (``{"title": ..., "departments": [{"name", "group", "duties", "aliases"}]}``) or a CSV
+file with the columns ``name,duties,aliases`` and optionally ``group`` (aliases separated by ``|``). ``duties`` is the
+unit's 职责 text; the instant model reads it (with the aliases) as a seed example, so suggestions are sensible before
+any label exists. ``group`` is the heading the unit is listed under on the annotator's screen (units without one are
+listed under "其他 Other").
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Department:
     name: str
     duties: str = ""
     aliases: tuple[str, ...] = ()
+    group: str = ""
 
     def seed_text(self) -> str:
         """What the instant model learns from before a human has labelled anything."""
@@ -62,17 +65,21 @@ def _clean_name(value: object, where: str) -> str:
 def _department(entry: object, index: int) -> Department:
     where = f"department #{index + 1}"
     if not isinstance(entry, dict):
-        raise CatalogError(f"{where}: expected an object with 'name', 'duties', 'aliases'")
+        raise CatalogError(f"{where}: expected an object with 'name', 'duties', 'aliases' (and optionally 'group')")
     name = _clean_name(entry.get("name"), where)
     duties = entry.get("duties", "") or ""
     if not isinstance(duties, str):
         raise CatalogError(f"{where} ({name}): 'duties' must be a string")
+    group = entry.get("group", "") or ""
+    if not isinstance(group, str) or len(group) > MAX_NAME_CHARS:
+        raise CatalogError(f"{where} ({name}): 'group' must be a string of at most {MAX_NAME_CHARS} characters")
     aliases = entry.get("aliases", []) or []
     if isinstance(aliases, str):
         aliases = aliases.split("|")
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise CatalogError(f"{where} ({name}): 'aliases' must be a list of strings")
-    return Department(name=name, duties=duties.strip(), aliases=tuple(dict.fromkeys(a.strip() for a in aliases if a.strip() and a.strip() != name)))
+    aliases = tuple(dict.fromkeys(a.strip() for a in aliases if a.strip() and a.strip() != name))
+    return Department(name=name, duties=duties.strip(), group=group.strip(), aliases=aliases)
 
 
 def parse_catalog(data: object, title: str = "") -> Catalog:

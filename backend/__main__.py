@@ -15,7 +15,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from core.settings import Settings, SettingsError
 
@@ -99,9 +98,9 @@ def model_dir_problem(settings: Settings) -> str | None:
 
 
 def print_versions(settings: Settings, project_id: int | None, limit: int) -> int:
-    from core.store import Store
+    from core.store import open_store
 
-    store = Store(settings.store_path)
+    store = open_store(settings)
     projects = [project_id] if project_id is not None else store.projects_with_versions()
     for pid in projects:
         total = store.count_versions(pid)
@@ -119,18 +118,18 @@ def print_versions(settings: Settings, project_id: int | None, limit: int) -> in
 
 def roll_back(settings: Settings, name: str, project_id: int) -> int:
     from core.jobs import ModelKind
-    from core.store import VERSION_NAME, Store
+    from core.store import VERSION_NAME, open_store
 
     if not VERSION_NAME.fullmatch(name):
         print(f"error: {name!r} is not a version name (letters, digits, '.', '_', '-')", file=sys.stderr)
         return 2
-    store = Store(settings.store_path)
+    store = open_store(settings)
     version = store.get_version(project_id, name)
     if version is None or version.kind != ModelKind.LLM:
         names = ", ".join(v.name for v in store.versions(project_id, ModelKind.LLM)) or "none"
         print(f"error: project {project_id} has no LLM version {name!r}; its LLM versions: {names}", file=sys.stderr)
         return 2
-    if version.path and not Path(version.path, "adapter_config.json").exists():
+    if version.path and not (settings.model_path(version.path) / "adapter_config.json").exists():
         print(f"error: the adapter files of {name} are missing from {version.path}", file=sys.stderr)
         return 2
     store.promote_version(project_id, name)

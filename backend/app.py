@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from backend.errors import ApiError
 from backend.models import TooManyProjects
 from backend.service import Service, project_id_of, project_or_422
+from core.jobs import worker_id
 from core.settings import Settings
 from core.store import DEFAULT_PROJECT
 from core.text import brief, clean_json, printable
@@ -93,6 +94,7 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
         service.start()
     app.extensions["service"] = service
     metrics = service.metrics
+    replica = worker_id()
 
     def endpoint_name() -> str:
         path = "/jobs" if request.path.startswith("/jobs/") else request.path
@@ -165,7 +167,7 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
         """Cheap enough for Label Studio's 1 s timeout and a load balancer: what this process serves, from memory."""
         versions = {str(line.project_id): line.serving.version for line in service.models.lines()
                     if line.serving is not None and line.ready.is_set()}
-        return jsonify({"status": "UP", "model_version": versions.get(str(DEFAULT_PROJECT)), "projects": versions})
+        return jsonify({"status": "UP", "model_version": versions.get(str(DEFAULT_PROJECT)), "projects": versions, "replica": replica})
 
     @app.post("/setup")
     def setup():

@@ -16,6 +16,7 @@ from backend.background import Background
 from core.annotations import NotGold, gold_label
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
+from core.people import AnnotatorDirectory
 from core.settings import Settings
 from core.store import DEFAULT_PROJECT, Store, now
 
@@ -36,6 +37,7 @@ class LabelStudioSync:
         self._from_setup: tuple[str, str] | None = None  # (hostname, access_token) kept in memory only
         self._last_served: dict[int, str] = {}
         self._lock = threading.Lock()
+        self.people = AnnotatorDirectory(self.client)
 
     # -- the connection -------------------------------------------------------------------------------------
     def remember_credentials(self, hostname: object, token: object) -> None:
@@ -120,6 +122,7 @@ class LabelStudioSync:
                 if label.shown_department is None and task["id"] in shown:
                     p = shown[task["id"]]
                     label.shown_model_version, label.shown_department, label.shown_score = p["model_version"], p["department"], p["score"]
+                label.annotator = self.people.resolve(label.annotator)
                 labels.append(label)
         counts = self.store.reconcile_project(project_id, labels, cancelled, pulled_since=started)
         counts["invalid"] = invalid

@@ -228,7 +228,7 @@ class ModelManager:
             if clf is line.llm:
                 self._adapters.touch(adapter_name(project_id, clf.version))
             try:
-                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments, k=self.settings.suggestions)
+                return clf.version, summarize(clf.predict_proba(list(texts)), clf.departments, k=self.settings.suggestions_top_k)
             except ClassifierClosed:  # swapped out between taking it and asking it: ask the new one
                 continue
         raise RuntimeError("the serving model kept changing during one request")
@@ -294,7 +294,7 @@ class ModelManager:
     def _adapter_path(self, version: Version) -> str:
         """Adapters load only from their project's MODEL_DIR/projects/<id>/versions or the configured ADAPTER: a
         registry entry pointing elsewhere (an edited database, a path with '..') is refused rather than followed."""
-        path = Path(version.path).resolve()
+        path = self.settings.model_path(version.path).resolve()
         home = self.settings.project_dir(version.project_id) / "versions"
         allowed = [home.resolve()] + ([Path(self.settings.adapter).resolve()] if self.settings.adapter else [])
         if not any(path == root or root in path.parents for root in allowed):

@@ -21,6 +21,7 @@ from core.store import Job, Store, now
 from core.text import has_content
 
 if TYPE_CHECKING:
+    from backend.annotator_view import AnnotatorView
     from backend.models import ModelManager
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,10 @@ READY_WAIT_SECONDS = 600.0
 
 
 def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models: ModelManager,
-                configure: Callable[[int, LabelSpace, str], None], chunk_size: int = 256) -> dict:
+                configure: Callable[[int, LabelSpace, str], None], view: AnnotatorView | None = None, chunk_size: int = 256) -> dict:
     """Run a queued preannotate job for job.project_id; progress goes to the job row (and a log line per chunk).
-    `configure` records the project's labeling config as read from Label Studio (its model follows)."""
+    `configure` records the project's labeling config as read from Label Studio (its model follows). With a
+    `view`, each task's data gets its suggestion row before its prediction is pushed (annotator_view.py)."""
     project_id = job.project_id
     if client is None:
         raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to pre-annotate a project")
@@ -64,9 +66,10 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
                 skipped += 1
         if chunk:
             used, predictions = models.predict(project_id, texts)
+            shown = view.publish(space, chunk, predictions) if view else [t["data"] for t in chunk]
             client.import_predictions(project_id, [
-                {"task": t["id"], "result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
-                 "model_version": used} for t, p in zip(chunk, predictions)])
+                {"task": t["id"], "result": space.prediction_result(p.department, p.top, data), "score": round(p.score, 6),
+                 "model_version": used} for t, p, data in zip(chunk, predictions, shown)])
             store.save_predictions([
                 {"project_id": project_id, "task_id": t["id"], "model_version": used, "department": p.department,
                  "score": p.score, "margin": p.margin, "entropy": p.entropy, "top": p.top, "truncated": int(p.truncated)}
@@ -78,6 +81,8 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
         client.set_model_version(project_id, version)
         store.set_project_model_version(project_id, version)
     client.set_sampling(project_id, UNCERTAINTY_SAMPLING)
+    if view:
+        view.ensure_queue_tab(project_id, space)
     result = {"model_version": version, "unlabelled_tasks": len(tasks), "pushed": len(todo) - skipped,
               "already_there": len(tasks) - len(todo), "skipped_without_text": skipped}
     store.update_job(job.id, status=JobStatus.SUCCEEDED, finished_at=now(), progress={**progress, "phase": "done", **result})

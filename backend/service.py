@@ -14,9 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+from backend.annotator_view import AnnotatorView
 from backend.background import Background
 from backend.errors import ApiError
-from backend.jobs import JobRunner
+from backend.jobs import JobRunner, QueueDispatcher
 from backend.ls_sync import LabelStudioSync
 from backend.metrics import Metrics
 from backend.models import ModelManager, ModelPreparing
@@ -24,8 +25,9 @@ from backend.preannotate import preannotate
 from core.annotations import NotGold, gold_label
 from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
+from core.people import is_user_id
 from core.settings import Settings
-from core.store import DEFAULT_PROJECT, Store, now
+from core.store import DEFAULT_PROJECT, now, open_store
 from core.text import brief, has_content
 from learning import refit
 
@@ -67,17 +69,23 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.model_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.store_path, eval_fraction=settings.eval_fraction,
-                           eval_max_per_department=settings.eval_max_per_department)
+        self.store = open_store(settings)
         self.metrics = Metrics(self.snapshot)
         self.background = Background(threads=2)
         default_space = parse_label_config(Path(settings.labeling_config).read_text(encoding="utf-8"))
         self.models = ModelManager(self.store, default_space, settings)
         self.models.refit_requested = self._request_refit
         self.label_studio = LabelStudioSync(settings, self.store, self.background, self._configure, self._labels_changed)
+        self.annotator_view = AnnotatorView(self.label_studio.client)
         self.started_at = time.time()
         self.refits = JobRunner(JobKind.REFIT, "learning.refit", settings, self.store, self._refit_finished)
-        self.jobs = JobRunner(JobKind.TRAIN, "training.round", settings, self.store, self._job_finished) if settings.base_model else None
+        self.jobs = self._training_jobs() if settings.base_model else None
+
+    def _training_jobs(self) -> JobRunner | QueueDispatcher:
+        """Rounds run in a worker process here, or, with QUEUE_URL, on RQ workers of any machine."""
+        if self.settings.queue_url:
+            return QueueDispatcher(JobKind.TRAIN, self.settings, self.store, self._job_finished)
+        return JobRunner(JobKind.TRAIN, "training.round", self.settings, self.store, self._job_finished, warmup_module="training.warmup")
 
     def start(self) -> None:
         """Work that must not delay the first answer: each known project's model (a saved one loads in seconds),
@@ -132,6 +140,8 @@ class Service:
         if body.get("schema") is None:
             self.store.remember_project(project_id)
         self.label_studio.remember_credentials(body.get("hostname"), body.get("access_token"))
+        if project_id != DEFAULT_PROJECT:
+            self.annotator_view.connected(project_id, self.models.space(project_id), self.background.submit)
         return {"model_version": self._version_for(project_id)}
 
     def _version_for(self, project_id: int) -> str:
@@ -174,7 +184,7 @@ class Service:
                 results.append({"model_version": version, "error": problems[i]})
                 continue
             p = next(it)
-            results.append({"result": space.prediction_result(p.department, p.top), "score": round(p.score, 6),
+            results.append({"result": space.prediction_result(p.department, p.top, task.get("data")), "score": round(p.score, 6),
                             "model_version": version})
             task_id = task.get("id")
             if project_id != DEFAULT_PROJECT and is_id(task_id):
@@ -218,6 +228,8 @@ class Service:
             label = gold_label(body.get("annotation"), body.get("task"), space, project_id, "webhook", self.settings.max_text_chars)
         except AnnotationError as exc:
             raise ApiError(422, f"{action}: {exc}") from None
+        if not isinstance(label, NotGold):
+            label.annotator = self.label_studio.people.resolve(label.annotator, ask=False)
         if isinstance(label, NotGold):
             removed = self.store.discard_label(label.annotation_id)
             outcome = "not gold: " + label.reason
@@ -228,6 +240,8 @@ class Service:
             if outcome in ("created", "updated"):
                 self.models.learn(project_id, [label.text], [label.department])
                 self._labels_changed(project_id)
+            if is_user_id(label.annotator):  # not in the cache yet: named in the background, the webhook answers now
+                self.background.submit("name-annotators", lambda: self.label_studio.people.name_stored_labels(self.store))
         self.metrics.count_webhook(action, outcome)
         return {"status": "ok", "action": action, "outcome": outcome}
 
@@ -305,7 +319,7 @@ class Service:
         if job is None or job.finished:
             return
         try:
-            result = preannotate(job, self.store, self.label_studio.client(), self.models, self._configure)
+            result = preannotate(job, self.store, self.label_studio.client(), self.models, self._configure, self.annotator_view)
             log.info("project %d pre-annotated: %s", job.project_id, result)
         except Exception as exc:
             log.exception("pre-annotating project %s failed; run it again to resume", job.project_id)
@@ -375,6 +389,7 @@ class Service:
         return {
             "projects": snapshot["projects"],
             "labels": self.store.label_stats(),
+            "annotators": self.store.annotator_counts(),
             "llm": {**self.models.llm_state, "adapters": self.models.adapter_state()} if self.settings.base_model else self.models.llm_state,
             "jobs": {f"{kind} {status}": n for (kind, status), n in sorted(snapshot["jobs"].items())},
             "background_idle": self.background.idle(),

@@ -5,14 +5,18 @@
 
 This process plays the serving backend: it loads the 4-bit model and scores a batch, so its memory is in use.
 Then, each in its own process as in production:
-  ours       `python -m training.round` on a label store of 1,000 gold labels (a fifth frozen for the gate):
-             answer-only loss, length-grouped batches padded to a multiple of 64; timed from the job request to the
-             promoted adapter
-  original   the recipe's way on the same training labels: loss on the whole prompt, every sequence padded to 896
-Both use the recipe's hyper-parameters (LoRA r=64, micro-batch 2 x 8, 8-bit AdamW, one epoch); --micro-batch and
---grad-accumulation change ours, --original-also-at adds the original at another split, --second-round adds a round
-of ours continuing from the promoted adapter. GPU memory is sampled with nvidia-smi while they run: serving and
-training together must fit a 24 GB card. bench/gpu_run.sh runs it on the lent GPU (BENCHMARKS.md, section 2).
+  warm-up    `python -m training.warmup`, as the service's training runner runs it once before its first round: it
+             fills the compiled-kernel cache the round then finds (skip with --no-warm-up to time a cold first round)
+  ours       `python -m training.round` on a label store of 1,000 gold labels (a fifth frozen for the gate), with the
+             defaults (micro-batch auto: 8 x 2 where the GPU has room): answer-only loss, length-grouped batches
+             padded to a multiple of 64; timed from the job request to the promoted adapter
+  original   the recipe's way on the same training labels: loss on the whole prompt, every sequence padded to 896,
+             micro-batch 2 x 8
+Both use the recipe's hyper-parameters otherwise (LoRA r=64, 16 rows per step, 8-bit AdamW, one epoch);
+--micro-batch and --grad-accumulation force ours, --original-also-at adds the original at another split,
+--second-round adds a round of ours continuing from the promoted adapter, --cold-also adds a round of ours on an
+empty compile cache. GPU memory is sampled with nvidia-smi while they run: serving and training together must fit a
+24 GB card. bench/gpu_run.sh runs it on the lent GPU (BENCHMARKS.md, section 2).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from annotation_config.catalog import DEFAULT_LABELING_CONFIG, load_catalog
 from core.jobs import JobKind, ModelKind, launch_worker
 from core.settings import Settings, TrainingConfig
-from core.store import Label, Store
+from core.store import Label, Store, open_store
 
 PADDED_LENGTH = 896
 
@@ -74,7 +78,7 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
              name: str = "ours") -> dict:
     """A round exactly as the service runs it; called again with more labels it continues from the promoted adapter."""
     settings = Settings(model_dir=work / "ours", base_model=base_model, training_device="cuda")
-    store = Store(settings.store_path, eval_fraction=settings.eval_fraction)
+    store = open_store(settings)
     for i, (text, department) in enumerate(labels, start=first_id):
         store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=department))
     store.remember_project(1, DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8"), load_catalog().names)
@@ -89,7 +93,8 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
     version = store.get_version(1, job.version) if job.version else None
     data = version.data if version else {}
     return {"recipe": f"ours: answer-only loss, length-grouped, padded to a multiple of {config.pad_to_multiple_of}, "
-                      f"micro-batch {config.micro_batch} x {config.grad_accumulation}", "round": name, "status": job.status, "error": job.error,
+                      f"micro-batch {data.get('micro_batch')} x {data.get('grad_accumulation')}", "round": name, "status": job.status,
+            "error": job.error,
             "version": job.version, "parent": version.parent if version else None, "gate": version.note if version else None,
             "new_labels": data.get("new_labels"), "replay_labels": data.get("replay_labels"),
             "trigger_to_promoted_s": round(wall, 1), "train_seconds": data.get("train_seconds"),
@@ -99,6 +104,19 @@ def run_ours(base_model: str, labels: list[tuple[str, str]], work: Path, config:
             "steps": data.get("steps"),
             "worker_peak_allocated_gib": data.get("peak_allocated_gib"), "worker_peak_reserved_gib": data.get("peak_reserved_gib"),
             "eval_labels": (version.metrics.get("n") if version else None)}
+
+
+def run_warm_up(base_model: str, work: Path, config: TrainingConfig) -> dict:
+    """The warm-up the service runs before its first round, on the MODEL_DIR our round uses (so it finds the cache)."""
+    settings = Settings(model_dir=work / "ours", base_model=base_model, training_device="cuda")
+    started = time.perf_counter()
+    env = {**os.environ, **settings.to_env(), **config.to_env()}
+    launch_worker("training.warmup", [], env, work / "warmup.log", die_with_parent=False).wait()
+    marker = settings.model_dir / "cache" / "warm.json"
+    done = json.loads(marker.read_text()) if marker.exists() else {"error": "the warm-up wrote no marker; see warmup.log"}
+    return {"recipe": "warm-up: one short round over every padded length (once per machine and settings)", "round": "warm-up",
+            "process_seconds": round(time.perf_counter() - started, 1), "first_step_seconds": done.get("first_step_seconds"),
+            "train_seconds": done.get("seconds"), **{k: v for k, v in done.items() if k in ("steps", "micro_batch", "grad_accumulation", "error")}}
 
 
 def run_original(base_model: str, work: Path, micro_batch: int = 2, grad_accumulation: int = 8) -> dict:
@@ -153,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pad-to-multiple-of", type=int, default=TrainingConfig().pad_to_multiple_of, metavar="N",
                         help="our round's TRAIN_PAD_TO_MULTIPLE_OF (default: %(default)s)")
     parser.add_argument("--micro-batch", type=int, default=TrainingConfig().micro_batch, metavar="N",
-                        help="our round's TRAIN_MICRO_BATCH (default: %(default)s, the recipe's)")
+                        help="our round's TRAIN_MICRO_BATCH (default: %(default)s, auto)")
     parser.add_argument("--grad-accumulation", type=int, default=TrainingConfig().grad_accumulation, metavar="N",
-                        help="our round's TRAIN_GRAD_ACCUMULATION (default: %(default)s, the recipe's)")
+                        help="our round's TRAIN_GRAD_ACCUMULATION (default: %(default)s, auto)")
+    parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up before our round (a cold first round)")
+    parser.add_argument("--cold-also", action="store_true", help="then a round of ours on an empty compile cache")
+    parser.add_argument("--skip-original", action="store_true", help="leave out the original recipe (its figures come from another run)")
     parser.add_argument("--original-also-at", type=int, nargs=2, metavar=("MICRO", "ACCUMULATION"),
                         help="then the original recipe once more with this micro-batch split (same batch of MICRO x ACCUMULATION)")
     parser.add_argument("--out", type=Path, help="append one JSON line per recipe here")
@@ -166,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.original_worker:
         original_worker(args.model, args.labels_file, args.result,
-                        TrainingConfig(micro_batch=args.micro_batch, grad_accumulation=args.grad_accumulation))
+                        TrainingConfig(micro_batch=args.micro_batch or 2, grad_accumulation=args.grad_accumulation or 8))
         return 0
 
     import torch
@@ -191,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         # the gate cannot stop a round of random weights: every candidate is promoted, so the next one continues from it
         ours = TrainingConfig(pad_to_multiple_of=args.pad_to_multiple_of, micro_batch=args.micro_batch,
                               grad_accumulation=args.grad_accumulation, promote_tolerance=1.0)
-        runs = [lambda: run_ours(base, labels, work, ours), lambda: run_original(base, work)]
+        runs = ([] if args.no_warm_up else [lambda: run_warm_up(base, work, ours)]) + [lambda: run_ours(base, labels, work, ours)]
+        if not args.skip_original:
+            runs.append(lambda: run_original(base, work))
+        if args.cold_also:
+            runs.append(lambda: run_ours(base, labels, work / "cold", ours, name="ours-cold-cache"))
         if args.original_also_at:
             runs.append(lambda: run_original(base, work, *args.original_also_at))
         if args.second_round:

@@ -7,10 +7,14 @@ new to learn); "evaluating" is a trained candidate being scored by the gate.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
@@ -40,9 +44,35 @@ class JobStatus(StrEnum):
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EVALUATING)
 IN_PROGRESS = (JobStatus.RUNNING, JobStatus.EVALUATING)
+HEARTBEAT_SECONDS = 10.0  # a running job's worker says it is alive this often (JOB_LOST_AFTER_SECONDS declares it lost)
 
 
-def _die_with_parent() -> None:
+def worker_id() -> str:
+    """Who claims a job: this machine and process, so a restart can tell its own dead jobs from other replicas'."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def heartbeat(store, job_id: int, claimed_by: str, every: float = HEARTBEAT_SECONDS) -> Iterator[threading.Event]:
+    """Beat for the job while the block runs. The event yielded is set when the job stopped being this worker's
+    (another declared it lost): the work should stop, it will not be promoted."""
+    stop, lost = threading.Event(), threading.Event()
+
+    def beat():
+        while not stop.wait(every):
+            if not store.heartbeat(job_id, claimed_by):
+                lost.set()
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+
+
+def exit_with_parent() -> None:
     """Runs in the child before exec: the kernel kills the worker when the thread that started it ends."""
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -56,7 +86,7 @@ def launch_worker(module: str, args: list[str], env: Mapping[str, str], log_path
     try:
         return subprocess.Popen([sys.executable, "-m", module, *args], env={**env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
-                                preexec_fn=_die_with_parent if die_with_parent else None)
+                                preexec_fn=exit_with_parent if die_with_parent else None)
     finally:
         if out is not None:
             out.close()

@@ -93,6 +93,22 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def users(self) -> list[dict]:
+        """Every user of the organisation: id, email and name (for people, not ids, in exports and reports)."""
+        def pull() -> list[dict]:
+            return [{"id": u.id, "email": u.email or "", "name": " ".join(p for p in (u.first_name, u.last_name) if p)}
+                    for u in self._sdk.users.list()]
+        return self._call("list users", pull)
+
+    def views(self, project_id: int) -> list[dict]:
+        """The project's data-manager tabs."""
+        return self._call(f"list tabs of project {project_id}", lambda: self._raw("GET", "api/dm/views", params={"project": project_id})) or []
+
+    def columns(self, project_id: int) -> list[str]:
+        """Ids of the data-manager columns the project has now, e.g. ``tasks:data.text``, ``tasks:predictions_score``."""
+        answer = self._call(f"list columns of project {project_id}", lambda: self._raw("GET", "api/dm/columns", params={"project": project_id}))
+        return [f"{c['target']}:{c['parent'] + '.' if c.get('parent') else ''}{c['id']}" for c in (answer or {}).get("columns", [])]
+
     def model_versions(self, project_id: int) -> dict[str, int]:
         return self._call(f"model versions of project {project_id}",
                           lambda: self._raw("GET", f"api/projects/{project_id}/model-versions")) or {}
@@ -105,6 +121,14 @@ class LabelStudioClient:
 
     def set_sampling(self, project_id: int, sampling: str) -> None:
         self._call(f"set sampling of project {project_id}", lambda: self._sdk.projects.update(id=project_id, sampling=sampling))
+
+    def create_view(self, project_id: int, data: dict) -> dict:
+        return self._call(f"create a tab in project {project_id}", lambda: self._raw(
+            "POST", "api/dm/views", json={"project": project_id, "data": data}))
+
+    def update_task_data(self, task_id: int, data: dict) -> None:
+        """Replace a task's data (Label Studio has no bulk form of this)."""
+        self._call(f"update data of task {task_id}", lambda: self._raw("PATCH", f"api/tasks/{task_id}", json={"data": data}))
 
     def import_predictions(self, project_id: int, predictions: list[dict]) -> int:
         answer = self._call(f"import {len(predictions)} predictions into project {project_id}", lambda: self._raw(

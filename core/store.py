@@ -14,17 +14,17 @@ import json
 import math
 import re
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.db import open_database, postgres_ddl
 from core.jobs import UNFINISHED, JobStatus
 
 SCHEMA_VERSION = 2
 DEFAULT_PROJECT = 0  # requests that name no Label Studio project (the routing API, tools, old clients)
+UNKNOWN_ANNOTATOR = "unknown"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS project_stats (
     corrected INTEGER NOT NULL DEFAULT 0,
     last_seq INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS annotator_stats (
+    annotator TEXT PRIMARY KEY,
+    labels INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS predictions (
     project_id INTEGER NOT NULL,
     task_id INTEGER NOT NULL,
@@ -120,7 +124,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     progress TEXT NOT NULL DEFAULT '{}',
     version TEXT,
-    error TEXT
+    error TEXT,
+    claimed_by TEXT,
+    heartbeat_at TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(kind, status, project_id);
 CREATE TABLE IF NOT EXISTS projects (
@@ -135,7 +141,24 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+
+
+class StoreMissing(FileNotFoundError):
+    """A command that reads the store found none where the settings point."""
+
+
+def open_store(settings, must_exist: bool = False) -> Store:
+    """The store the settings name (STORE_URL, else MODEL_DIR/store.sqlite3), with their evaluation-split rules.
+    With `must_exist`, a SQLite file that is not there raises StoreMissing instead of creating an empty store."""
+    location = settings.store_location
+    if must_exist and "://" not in location and not Path(location).exists():
+        raise StoreMissing(f"there is no label store at {location}; set MODEL_DIR to the backend's model folder (or STORE_URL)")
+    return Store(location, eval_fraction=settings.eval_fraction, eval_max_per_department=settings.eval_max_per_department)
 
 
 def now() -> str:
@@ -198,6 +221,8 @@ class Job:
     progress: dict
     version: str | None
     error: str | None
+    claimed_by: str | None = None
+    heartbeat_at: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -236,66 +261,47 @@ class Project:
 
 
 class Store:
-    def __init__(self, path: Path, eval_fraction: float = 0.2, eval_max_per_department: int = 40):
-        self.path = Path(path)
+    """The store of one backend, on SQLite (a path: the file under MODEL_DIR) or PostgreSQL (a postgresql:// URL,
+    shared by replicas and workers)."""
+
+    def __init__(self, location: Path | str, eval_fraction: float = 0.2, eval_max_per_department: int = 40):
+        self.location = str(location)
         self.eval_fraction = eval_fraction
         self.eval_max_per_department = eval_max_per_department
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        with self._write_lock:
-            conn = self._conn()
-            legacy = _columns(conn, "splits") and "project_id" not in _columns(conn, "splits")
-            if legacy:
+        self.db = open_database(self.location)
+        if self.db.dialect == "sqlite":
+            conn = self.db.connection()
+            if _columns(conn, "splits") and "project_id" not in _columns(conn, "splits"):
                 _migrate_v1(conn)
-            _script(conn, SCHEMA)
-            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                         (str(SCHEMA_VERSION),))
+        with self.db.transaction() as tx:  # on PostgreSQL, replicas starting together create the tables once
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(postgres_ddl(statement) if self.db.dialect == "postgresql" else statement)
+            tx.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       (str(SCHEMA_VERSION),))
 
-    # -- connection handling -------------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-        return conn
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. BEGIN IMMEDIATE takes the write lock up front so concurrent writers queue
-        instead of failing half-way."""
-        conn = self._conn()
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _tx(self, serialize: bool = True):
+        return self.db.transaction(serialize)
 
-    def _read(self, sql: str, params: Iterable = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, tuple(params)).fetchall()
+    def _read(self, sql: str, params: Iterable = ()) -> list:
+        return self.db.read(sql, tuple(params))
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()
 
     # -- the label sequence: every change of gold anywhere moves it by one ----------------------------------
     def label_seq(self) -> int:
-        rows = self._read("SELECT value FROM meta WHERE key = 'label_seq'")
+        rows = self._read("SELECT value FROM counters WHERE name = 'label_seq'")
         return int(rows[0]["value"]) if rows else 0
 
     @staticmethod
-    def _next_seq(db: sqlite3.Connection) -> int:
-        seq = _current_seq(db) + 1
-        _put_meta(db, "label_seq", str(seq))
-        return seq
+    def _next_seq(db) -> int:
+        return db.execute("INSERT INTO counters(name, value) VALUES ('label_seq', 1) ON CONFLICT(name)"
+                          " DO UPDATE SET value = counters.value + 1 RETURNING value").fetchone()["value"]
 
     # -- projects -------------------------------------------------------------------------------------------
     def remember_project(self, project_id: int, label_config: str | None = None, departments: tuple[str, ...] | None = None,
@@ -335,7 +341,7 @@ class Store:
                 counts[self._upsert(db, label)] += 1
         return counts
 
-    def _upsert(self, db: sqlite3.Connection, label: Label) -> str:
+    def _upsert(self, db, label: Label) -> str:
         if db.execute("SELECT 1 FROM deleted_annotations WHERE annotation_id = ?", (label.annotation_id,)).fetchone():
             return "deleted"
         old = db.execute("SELECT * FROM labels WHERE annotation_id = ?", (label.annotation_id,)).fetchone()
@@ -359,7 +365,7 @@ class Store:
         key = text_key(label.text)
         split = self._assign_split(db, label.project_id, key, label.department)
         if old is not None:
-            self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1)
+            self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1, old["annotator"])
         db.execute(
             "INSERT INTO labels(annotation_id, project_id, task_id, text, text_key, department, rationale, annotator, created_at,"
             " updated_at, lead_time, shown_model_version, shown_department, shown_score, accepted, source, seq, stored_at)"
@@ -374,14 +380,14 @@ class Store:
              label.shown_department, label.shown_score, label.accepted, old["source"] if same_gold else label.source,
              seq, old["stored_at"] if same_gold else now()),
         )
-        self._count(db, label.project_id, label.accepted, split, +1)
+        self._count(db, label.project_id, label.accepted, split, +1, label.annotator)
         if not same_gold:
             self._touch(db, label.project_id, seq)
         if old is None:
             return "created"
         return "unchanged" if same_gold else "updated"
 
-    def _assign_split(self, db: sqlite3.Connection, project_id: int, key: str, department: str) -> str:
+    def _assign_split(self, db, project_id: int, key: str, department: str) -> str:
         """Freeze a text into train or eval the first time it is labelled in a project, stratified by department:
         the n-th new text of a department goes to eval when round(n * f) steps up (the 3rd, 8th, 13th... for
         f = 0.2), until the department holds EVAL_MAX_PER_DEPARTMENT evaluation texts: the split the gate scores
@@ -403,12 +409,14 @@ class Store:
         return split
 
     @staticmethod
-    def _split_of(db: sqlite3.Connection, project_id: int, key: str) -> str:
+    def _split_of(db, project_id: int, key: str) -> str:
         row = db.execute("SELECT split FROM splits WHERE project_id = ? AND text_key = ?", (project_id, key)).fetchone()
         return row["split"] if row else "train"
 
     @staticmethod
-    def _count(db: sqlite3.Connection, project_id: int, accepted: int | None, split: str, sign: int) -> None:
+    def _count(db, project_id: int, accepted: int | None, split: str, sign: int, annotator: str | None) -> None:
+        db.execute("INSERT INTO annotator_stats(annotator, labels) VALUES (?, ?) ON CONFLICT(annotator)"
+                   " DO UPDATE SET labels = annotator_stats.labels + excluded.labels", (annotator or UNKNOWN_ANNOTATOR, sign))
         db.execute(
             "INSERT INTO project_stats(project_id, labels, eval, accepted, corrected) VALUES (?,?,?,?,?) ON CONFLICT(project_id)"
             " DO UPDATE SET labels = project_stats.labels + excluded.labels, eval = project_stats.eval + excluded.eval,"
@@ -416,7 +424,7 @@ class Store:
             (project_id, sign, sign * (split == "eval"), sign * (accepted == 1), sign * (accepted == 0)))
 
     @staticmethod
-    def _touch(db: sqlite3.Connection, project_id: int, seq: int) -> None:
+    def _touch(db, project_id: int, seq: int) -> None:
         db.execute("UPDATE project_stats SET last_seq = ? WHERE project_id = ?", (seq, project_id))
 
     def project_seq(self, project_id: int) -> int:
@@ -436,17 +444,36 @@ class Store:
                 removed += self._remove(db, annotation_id)
         return removed
 
+    def name_annotators(self, names: dict[str, str]) -> int:
+        """Replace annotator ids by the people's names (emails) in the stored labels; the label data is unchanged,
+        so the label sequence does not move and no model refits."""
+        renamed = 0
+        with self._tx() as db:
+            for annotator, name in names.items():
+                moved = db.execute("UPDATE labels SET annotator = ? WHERE annotator = ?", (name, annotator)).rowcount
+                if moved:
+                    db.execute("UPDATE annotator_stats SET labels = labels - ? WHERE annotator = ?", (moved, annotator))
+                    db.execute("INSERT INTO annotator_stats(annotator, labels) VALUES (?, ?) ON CONFLICT(annotator)"
+                               " DO UPDATE SET labels = annotator_stats.labels + excluded.labels", (name, moved))
+                renamed += moved
+        return renamed
+
+    def annotator_counts(self) -> dict[str, int]:
+        """Gold labels per annotator, most first (maintained by every write: no scan)."""
+        return {r["annotator"]: int(r["labels"]) for r in self._read("SELECT annotator, labels FROM annotator_stats WHERE labels > 0"
+                                                                      " ORDER BY labels DESC, annotator")}
+
     def discard_label(self, annotation_id: int) -> int:
         """A label that stopped being gold (cancelled/skipped) without being deleted: it may come back."""
         with self._tx() as db:
             return self._remove(db, annotation_id)
 
-    def _remove(self, db: sqlite3.Connection, annotation_id: int) -> int:
-        old = db.execute("SELECT project_id, text_key, accepted FROM labels WHERE annotation_id = ?", (annotation_id,)).fetchone()
+    def _remove(self, db, annotation_id: int) -> int:
+        old = db.execute("SELECT project_id, text_key, accepted, annotator FROM labels WHERE annotation_id = ?", (annotation_id,)).fetchone()
         if old is None:
             return 0
         db.execute("DELETE FROM labels WHERE annotation_id = ?", (annotation_id,))
-        self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1)
+        self._count(db, old["project_id"], old["accepted"], self._split_of(db, old["project_id"], old["text_key"]), -1, old["annotator"])
         self._touch(db, old["project_id"], self._next_seq(db))
         return 1
 
@@ -516,12 +543,12 @@ class Store:
         where, params = ("WHERE project_id = ?", (project_id,)) if project_id is not None else ("", ())
         row = self._read("SELECT COALESCE(SUM(labels), 0) AS labels, COALESCE(SUM(eval), 0) AS eval, COALESCE(SUM(accepted), 0)"
                          f" AS accepted, COALESCE(SUM(corrected), 0) AS corrected FROM project_stats {where}", params)[0]
-        return {key: row[key] for key in ("labels", "eval", "accepted", "corrected")}
+        return {key: int(row[key]) for key in ("labels", "eval", "accepted", "corrected")}  # PostgreSQL sums are decimals
 
     def integrity_errors(self) -> list[str]:
         """Checks a restarted store must pass: SQLite's own check, every label split, no deleted annotation
         revived, the maintained counters equal to a count of the rows."""
-        errors = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"]
+        errors = [r[0] for r in self._read("PRAGMA integrity_check") if r[0] != "ok"] if self.db.dialect == "sqlite" else []
         orphans = self._read("SELECT COUNT(*) AS n FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id"
                              " AND s.text_key = l.text_key WHERE s.text_key IS NULL")[0]["n"]
         if orphans:
@@ -534,8 +561,12 @@ class Store:
             " SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END) AS accepted, SUM(CASE WHEN l.accepted = 0 THEN 1 ELSE 0 END) AS corrected"
             " FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id AND s.text_key = l.text_key GROUP BY l.project_id")
         kept = {r["project_id"]: (r["labels"], r["eval"], r["accepted"], r["corrected"]) for r in self._read("SELECT * FROM project_stats")}
+        per_annotator = {r["annotator"]: int(r["n"]) for r in self._read(
+            "SELECT COALESCE(annotator, ?) AS annotator, COUNT(*) AS n FROM labels GROUP BY 1", (UNKNOWN_ANNOTATOR,))}
+        if per_annotator != self.annotator_counts():
+            errors.append(f"annotator counters {self.annotator_counts()} but the labels say {per_annotator}")
         for row in counted:
-            actual = (row["labels"], row["eval"], row["accepted"], row["corrected"])
+            actual = tuple(int(row[k]) for k in ("labels", "eval", "accepted", "corrected"))
             if kept.get(row["project_id"], (0, 0, 0, 0)) != actual:
                 errors.append(f"project {row['project_id']}: counters {kept.get(row['project_id'])} but the labels say {actual}")
         return errors
@@ -544,16 +575,16 @@ class Store:
     def save_predictions(self, rows: list[dict]) -> None:
         if not rows:
             return
-        with self._tx() as db:
+        stamp = now()
+        with self._tx(serialize=False) as db:
             db.executemany(
                 "INSERT INTO predictions(project_id, task_id, model_version, department, score, margin, entropy, top,"
-                " truncated, created_at) VALUES (:project_id, :task_id, :model_version, :department, :score, :margin,"
-                " :entropy, :top, :truncated, :created_at) ON CONFLICT(project_id, task_id, model_version) DO UPDATE SET"
+                " truncated, created_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(project_id, task_id, model_version) DO UPDATE SET"
                 " department = excluded.department, score = excluded.score, margin = excluded.margin,"
                 " entropy = excluded.entropy, top = excluded.top, truncated = excluded.truncated,"
                 " created_at = excluded.created_at",
-                [{**r, "top": json.dumps(r["top"], ensure_ascii=False), "created_at": now()} for r in rows],
-            )
+                [(r["project_id"], r["task_id"], r["model_version"], r["department"], r["score"], r["margin"], r["entropy"],
+                  json.dumps(r["top"], ensure_ascii=False), r["truncated"], stamp) for r in rows])
 
     def predictions(self, project_id: int | None = None, model_version: str | None = None) -> list[dict]:
         sql, params = "SELECT * FROM predictions WHERE 1=1", []
@@ -650,11 +681,11 @@ class Store:
         """Delete retired versions of `kind` beyond the newest `keep` (serving, candidate and rejected versions
         stay): the instant model refits all day, and its history must not grow without bound."""
         with self._tx() as db:
-            rows = db.execute("SELECT name FROM versions WHERE project_id = ? AND kind = ? AND status = 'retired'"
-                              " ORDER BY created_at DESC, name DESC LIMIT -1 OFFSET ?", (project_id, kind, keep)).fetchall()
-            for row in rows:
+            retired = db.execute("SELECT name FROM versions WHERE project_id = ? AND kind = ? AND status = 'retired'"
+                                 " ORDER BY created_at DESC, name DESC", (project_id, kind)).fetchall()[keep:]
+            for row in retired:
                 db.execute("DELETE FROM versions WHERE project_id = ? AND name = ?", (project_id, row["name"]))
-        return [row["name"] for row in rows]
+        return [row["name"] for row in retired]
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def request_job(self, kind: str, reason: str, project_id: int) -> tuple[Job, bool]:
@@ -670,25 +701,97 @@ class Store:
                 (kind, JobStatus.QUEUED, reason, project_id, _current_seq(db), now())).fetchone()["id"]
         return self.get_job(job_id), True
 
+    _NEXT = ("SELECT id FROM (SELECT q.id, (SELECT MAX(r.started_at) FROM jobs r WHERE r.kind = q.kind AND r.project_id = q.project_id)"
+             " AS last_started FROM jobs q WHERE q.kind = ? AND q.status = ?) AS waiting"
+             " ORDER BY CASE WHEN last_started IS NULL THEN 0 ELSE 1 END, last_started, id")
+
     def next_queued_job(self, kind: str) -> Job | None:
         """The queued job to run next, fair between projects: the project whose last job of this kind started
         longest ago (or never) goes first, so a busy project cannot starve the others."""
-        rows = self._read(
-            "SELECT q.*, (SELECT MAX(started_at) FROM jobs r WHERE r.kind = q.kind AND r.project_id = q.project_id) AS last_started"
-            " FROM jobs q WHERE q.kind = ? AND q.status = ? ORDER BY last_started IS NOT NULL, last_started, q.id LIMIT 1",
-            (kind, JobStatus.QUEUED))
-        if not rows:
-            return None
-        row = dict(rows[0])
-        row.pop("last_started")
-        return _job(row)
+        rows = self._read(self._NEXT + " LIMIT 1", (kind, JobStatus.QUEUED))
+        return self.get_job(rows[0]["id"]) if rows else None
+
+    def claim_job(self, job_id: int | None, kind: str, claimed_by: str) -> Job | None:
+        """Mark a queued job running for `claimed_by` (a worker: host and pid) — `job_id`, or the next fair one when
+        None — in one transaction; None when it is not queued any more (another worker took it). On PostgreSQL
+        the row is locked with SKIP LOCKED, so competing workers never wait on each other or take the same job."""
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
+        with self._tx(serialize=False) as db:
+            if job_id is None:
+                row = db.execute(f"SELECT id FROM jobs WHERE id = ({self._NEXT} LIMIT 1){skip_locked}", (kind, JobStatus.QUEUED)).fetchone()
+            else:
+                row = db.execute(f"SELECT id FROM jobs WHERE id = ? AND kind = ? AND status = ?{skip_locked}",
+                                 (job_id, kind, JobStatus.QUEUED)).fetchone()
+            if row is None:
+                return None
+            stamp = now()
+            db.execute("UPDATE jobs SET status = ?, started_at = ?, claimed_by = ?, heartbeat_at = ? WHERE id = ? AND status = ?",
+                       (JobStatus.RUNNING, stamp, claimed_by, stamp, row["id"], JobStatus.QUEUED))
+        return self.get_job(row["id"])
+
+    def jobs_to_enqueue(self, kind: str, enqueuer: str, stale_before: str) -> list[Job]:
+        """Queued jobs no replica has handed to the queue yet (or whose hand-over is older than `stale_before`:
+        the replica died before enqueuing), marked as handed over by `enqueuer` — each goes to the queue once."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE kind = ? AND status = ? AND (claimed_by IS NULL OR"
+                              " (claimed_by LIKE 'queue:%' AND heartbeat_at < ?))", (kind, JobStatus.QUEUED, stale_before)).fetchall()
+            for row in rows:
+                db.execute("UPDATE jobs SET claimed_by = ?, heartbeat_at = ? WHERE id = ?", (f"queue:{enqueuer}", now(), row["id"]))
+        return [_job(row) for row in rows]
+
+    def heartbeat(self, job_id: int, claimed_by: str, progress: dict | None = None) -> bool:
+        """The worker is alive (and where it is); False when the job is no longer its own (declared lost)."""
+        sets, params = "heartbeat_at = ?", [now()]
+        if progress is not None:
+            sets, params = sets + ", progress = ?", params + [json.dumps(progress)]
+        with self._tx(serialize=False) as db:
+            updated = db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND claimed_by = ? AND status IN (?, ?)",
+                                 (*params, job_id, claimed_by, JobStatus.RUNNING, JobStatus.EVALUATING)).rowcount
+        return updated == 1
+
+    def fail_lost_jobs(self, kind: str, silent_since: str) -> list[Job]:
+        """Jobs whose worker stopped beating before `silent_since` (killed, its machine gone) are failed, and a
+        new job is queued for each project so the work is done again by whoever is alive."""
+        with self._tx() as db:
+            lost = db.execute("SELECT * FROM jobs WHERE kind = ? AND status IN (?, ?) AND heartbeat_at < ?",
+                              (kind, JobStatus.RUNNING, JobStatus.EVALUATING, silent_since)).fetchall()
+            for row in lost:
+                db.execute("UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                           (JobStatus.FAILED, now(), f"lost: its worker ({row['claimed_by']}) stopped answering", row["id"]))
+                db.execute("INSERT INTO jobs(kind, status, reason, project_id, label_seq, requested_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           (kind, JobStatus.QUEUED, f"again after job {row['id']} was lost", row["project_id"], _current_seq(db), now()))
+        return [_job(row) for row in lost]
+
+    def finish_job(self, job_id: int, claimed_by: str, status: str, **changes) -> bool:
+        """End a job this worker still owns (False: it was declared lost meanwhile, and nothing is written)."""
+        values = {k: json.dumps(v) if k == "progress" else v for k, v in {"status": status, "finished_at": now(), **changes}.items()}
+        with self._tx(serialize=False) as db:
+            updated = db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ? AND claimed_by = ? AND status IN (?, ?)",
+                                 (*values.values(), job_id, claimed_by, JobStatus.RUNNING, JobStatus.EVALUATING)).rowcount
+        return updated == 1
+
+    def promote_for_job(self, job_id: int, claimed_by: str, project_id: int, name: str) -> bool:
+        """Promote `name` and finish the job in one transaction, only while the job is still this worker's: a
+        worker declared lost that comes back can never promote a second time."""
+        with self._tx() as db:
+            owned = db.execute("SELECT 1 FROM jobs WHERE id = ? AND claimed_by = ? AND status IN (?, ?)",
+                               (job_id, claimed_by, JobStatus.RUNNING, JobStatus.EVALUATING)).fetchone()
+            if owned is None:
+                return False
+            kind = db.execute("SELECT kind FROM versions WHERE project_id = ? AND name = ?", (project_id, name)).fetchone()["kind"]
+            db.execute("UPDATE versions SET status = 'retired' WHERE project_id = ? AND kind = ? AND status = 'serving' AND name != ?",
+                       (project_id, kind, name))
+            stamp = now()
+            db.execute("UPDATE versions SET status = 'serving', promoted_at = ? WHERE project_id = ? AND name = ?", (stamp, project_id, name))
+            db.execute("UPDATE jobs SET status = ?, finished_at = ?, version = ? WHERE id = ?", (JobStatus.PROMOTED, stamp, name, job_id))
+        return True
 
     def update_job(self, job_id: int, **changes) -> None:
-        allowed = {"status", "started_at", "finished_at", "pid", "progress", "version", "error", "label_seq"}
+        allowed = {"status", "started_at", "finished_at", "pid", "progress", "version", "error", "label_seq", "claimed_by", "heartbeat_at"}
         if not changes or not set(changes) <= allowed:
             raise ValueError(f"can only update {sorted(allowed)}")
         values = {k: json.dumps(v) if k == "progress" else v for k, v in changes.items()}
-        with self._tx() as db:
+        with self._tx(serialize=False) as db:
             db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?", (*values.values(), job_id))
 
     def get_job(self, job_id: int) -> Job | None:
@@ -722,12 +825,8 @@ class Store:
         return rows[0]["s"] or 0
 
 
-def _put_meta(db: sqlite3.Connection, key: str, value: str) -> None:
-    db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
-
-
-def _current_seq(db: sqlite3.Connection) -> int:
-    row = db.execute("SELECT value FROM meta WHERE key = 'label_seq'").fetchone()
+def _current_seq(db) -> int:
+    row = db.execute("SELECT value FROM counters WHERE name = 'label_seq'").fetchone()
     return int(row["value"]) if row else 0
 
 
@@ -772,6 +871,8 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         if owner == DEFAULT_PROJECT and meta.get("label_config"):
             conn.execute("INSERT INTO projects(project_id, label_config, departments, updated_at) VALUES (?,?,?,?)",
                          (owner, meta["label_config"], departments, now()))
+        conn.execute("INSERT INTO annotator_stats(annotator, labels) SELECT COALESCE(annotator, ?), COUNT(*) FROM labels"
+                     " GROUP BY COALESCE(annotator, ?)", (UNKNOWN_ANNOTATOR, UNKNOWN_ANNOTATOR))
         conn.execute(
             "INSERT INTO project_stats(project_id, labels, eval, accepted, corrected, last_seq) SELECT l.project_id, COUNT(*),"
             " SUM(CASE WHEN s.split = 'eval' THEN 1 ELSE 0 END), SUM(CASE WHEN l.accepted = 1 THEN 1 ELSE 0 END),"
@@ -779,20 +880,22 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
             " AND s.text_key = l.text_key GROUP BY l.project_id")
         for table in ("splits", "versions", "jobs", "projects"):
             conn.execute(f"DROP TABLE {table}_v1")
-        conn.execute("DELETE FROM meta WHERE key IN ('label_config', 'departments')")
+        if "label_seq" in meta:
+            conn.execute("INSERT INTO counters(name, value) VALUES ('label_seq', ?)", (int(meta["label_seq"]),))
+        conn.execute("DELETE FROM meta WHERE key IN ('label_config', 'departments', 'label_seq')")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
 
 
-def _stored_label(row: sqlite3.Row) -> StoredLabel:
+def _stored_label(row) -> StoredLabel:
     d = dict(row)
     d.pop("accepted")  # derived from shown_department and department; kept as a column for queries
     return StoredLabel(**d)
 
 
-def _version(row: sqlite3.Row) -> Version:
+def _version(row) -> Version:
     d = dict(row)
     d["data"] = json.loads(d["data"] or "{}")
     d["metrics"] = json.loads(d["metrics"] or "{}")
@@ -805,7 +908,7 @@ def _job(row) -> Job:
     return Job(**d)
 
 
-def _project(row: sqlite3.Row) -> Project:
+def _project(row) -> Project:
     d = dict(row)
     d["departments"] = tuple(json.loads(d["departments"])) if d["departments"] else None
     return Project(**d)

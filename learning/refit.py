@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from annotation_config.catalog import load_catalog
-from core.jobs import JobStatus, ModelKind
+from core.jobs import JobStatus, ModelKind, heartbeat, worker_id
 from core.settings import Settings
-from core.store import Store, StoredLabel, Version, now
+from core.store import Store, StoredLabel, Version, open_store
 from learning.instant_model import fit_on_labels
 
 log = logging.getLogger("learning.refit")
@@ -66,7 +66,7 @@ def next_version_name(store: Store, project_id: int) -> str:
 def fit_version(store: Store, project_id: int, version: str, departments: Sequence[str], seed_texts: Mapping[str, str],
                 settings: Settings, labels: Sequence[StoredLabel] | None = None):
     """(classifier, metrics) of the project's labels (or of `labels`), with what the registry records about it."""
-    seq = store.project_seq(project_id)
+    seq = store.project_seq(project_id) if labels is None else 0  # the catalog's prototypes have seen no label
     started = time.perf_counter()
     clf, metrics = fit_on_labels(version, departments, store.labels(project_id) if labels is None else labels, seed_texts,
                                  settings.max_text_chars)
@@ -101,52 +101,55 @@ def load(settings: Settings, project_id: int, version: str):
 
 def register(store: Store, settings: Settings, project_id: int, clf, metrics: dict, parent: str | None, promote: bool,
              note: str | None = None) -> Version:
+    """Save the model and add its version (serving at once with `promote`, else a candidate for the job to
+    promote); retired versions beyond INSTANT_VERSIONS_KEPT leave the registry and the disk."""
     data = metrics.pop("data")
     save(clf, version_dir(settings, project_id, clf.version))
     version = store.add_version(project_id, clf.version, ModelKind.INSTANT, status="candidate", parent=parent,
-                                path=str(version_dir(settings, project_id, clf.version)), data=data, metrics=metrics, note=note)
+                                path=settings.registry_path(version_dir(settings, project_id, clf.version)), data=data, metrics=metrics,
+                                note=note)
     if promote:
         store.promote_version(project_id, clf.version)
-    else:
-        store.update_version(project_id, clf.version, status="rejected")
     for pruned in store.prune_versions(project_id, ModelKind.INSTANT, settings.instant_versions_kept):
         shutil.rmtree(version_dir(settings, project_id, pruned), ignore_errors=True)
     return version
 
 
-def run_refit(job_id: int, settings: Settings) -> str:
-    store = Store(settings.store_path, eval_fraction=settings.eval_fraction, eval_max_per_department=settings.eval_max_per_department)
+def run_refit(job_id: int, claimed_by: str, settings: Settings) -> str:
+    store = open_store(settings)
     job = store.get_job(job_id)
-    project_id = job.project_id
-    store.update_job(job_id, status=JobStatus.RUNNING, started_at=now(), pid=os.getpid(), label_seq=store.label_seq(),
-                     progress={"phase": "fitting"})
-    project = store.project(project_id)
-    if project is None or not project.departments:
-        raise RuntimeError(f"project {project_id} has no labeling config yet")
-    departments = project.departments
-    serving = store.serving_version(project_id, ModelKind.INSTANT)
-    version = next_version_name(store, project_id)
-    clf, metrics = fit_version(store, project_id, version, departments, seed_texts(settings, project_id), settings)
-    registered = register(store, settings, project_id, clf, metrics, parent=serving.name if serving else None, promote=True)
-    status = JobStatus.PROMOTED
-    store.update_job(job_id, status=status, version=version, finished_at=now(),
-                     progress={"phase": "done", "labels": registered.data["labels"], "fit_seconds": registered.data["fit_seconds"]})
-    log.info("project %d: instant model %s (%s) on %d labels, eval macro-F1 %s, %.1f s", project_id, version, metrics.get("method"),
-             registered.data["labels"], metrics.get("macro_f1"), registered.data["fit_seconds"])
-    return status
+    if not (job.claimed_by == claimed_by and job.status == JobStatus.RUNNING) and store.claim_job(job_id, job.kind, claimed_by) is None:
+        raise RuntimeError(f"job {job_id} is {job.status} and claimed by {job.claimed_by}: not this worker's to run")
+    with heartbeat(store, job_id, claimed_by):
+        project_id = job.project_id
+        store.update_job(job_id, pid=os.getpid(), label_seq=store.label_seq(), progress={"phase": "fitting"})
+        project = store.project(project_id)
+        if project is None or not project.departments:
+            raise RuntimeError(f"project {project_id} has no labeling config yet")
+        serving = store.serving_version(project_id, ModelKind.INSTANT)
+        version = next_version_name(store, project_id)
+        clf, metrics = fit_version(store, project_id, version, project.departments, seed_texts(settings, project_id), settings)
+        registered = register(store, settings, project_id, clf, metrics, parent=serving.name if serving else None, promote=False)
+        store.update_job(job_id, progress={"phase": "done", "labels": registered.data["labels"], "fit_seconds": registered.data["fit_seconds"]})
+        promoted = store.promote_for_job(job_id, claimed_by, project_id, version)
+    log.info("project %d: instant model %s (%s) on %d labels, eval macro-F1 %s, %.1f s%s", project_id, version, metrics.get("method"),
+             registered.data["labels"], metrics.get("macro_f1"), registered.data["fit_seconds"], "" if promoted else " (job lost: not promoted)")
+    return JobStatus.PROMOTED if promoted else JobStatus.FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m learning.refit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--job", type=int, required=True, help="id of the queued refit job in the store")
+    parser.add_argument("--claimed-by", default=None, help="the runner that claimed the job (default: claim it here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    claimed_by = args.claimed_by or worker_id()
     try:
-        run_refit(args.job, settings)
+        run_refit(args.job, claimed_by, settings)
     except Exception as exc:
         log.exception("refit job %d failed", args.job)
-        Store(settings.store_path).update_job(args.job, status=JobStatus.FAILED, finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+        open_store(settings).finish_job(args.job, claimed_by, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         return 1
     return 0
 

@@ -11,7 +11,7 @@ import pytest
 from backend.app import create_app
 from core.settings import Settings
 from core.store import Store
-from tools import local_label_studio
+from tools import local_label_studio, local_services
 from tools.demo import start_backend as launch_backend
 from tools.demo import stop_process
 
@@ -103,3 +103,32 @@ def running_backend(tmp_path):
     yield start
     for backend in started:
         stop_process(backend.process)
+
+
+# -- PostgreSQL and Redis on 127.0.0.1, for the store suite on both engines and the scale-out tests ---------------
+@pytest.fixture(scope="session")
+def postgres():
+    problems = local_services.missing()
+    if problems:
+        pytest.skip("PostgreSQL/Redis cannot run on this machine: " + "; ".join(problems))
+    server = local_services.start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a test's store lives: a SQLite file, or a fresh PostgreSQL database (the same tests run on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "s.sqlite3"
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    problems = local_services.missing()
+    if problems:
+        pytest.skip("PostgreSQL/Redis cannot run on this machine: " + "; ".join(problems))
+    server = local_services.start_redis()
+    yield server
+    server.stop()

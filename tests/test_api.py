@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,9 +46,20 @@ def test_predict_answers_one_item_per_task_in_order(client):
         assert department in LABEL_CONFIG
         assert 0 < item["score"] <= 1
         assert item["model_version"].startswith("instant-")
-        top3 = item["result"][1]["value"]["text"]
-        assert item["result"][1]["from_name"] == "model_suggestions" and len(top3) == 3
-        assert top3[0].startswith(f"1. {department}")
+        assert len(item["result"]) == 1  # nothing else is shown that an annotator could edit
+
+
+def test_predict_preselects_in_the_suggestion_row_once_the_task_shows_the_suggestions(client, service):
+    text = SAMPLES[0]["text"]
+    first = post(client, "/predict", predict_body([text])).get_json()["results"][0]
+    assert first["result"][0]["from_name"] == "department"  # the task has no suggestion row yet
+    [stored] = service.store.predictions()
+    space = service.models.space(1)
+    body = predict_body([text])
+    body["tasks"][0]["data"].update(space.suggestion_fields([tuple(t) for t in stored["top"]]))
+    again = post(client, "/predict", body).get_json()["results"][0]
+    assert again["result"][0]["from_name"] == "suggestion"
+    assert again["result"][0]["value"] == first["result"][0]["value"] and len(stored["top"]) == service.settings.suggestions_top_k
 
 
 def test_predict_is_the_same_for_a_ticket_whatever_its_position_in_the_batch(client):
@@ -206,7 +218,7 @@ def test_invalid_labels_are_refused_and_nothing_is_stored(client, service, mutat
 def test_webhook_payload_secrets_are_never_stored(client, service, settings):
     post(client, "/webhook", annotation_event("ANNOTATION_CREATED", 71, 13, SAMPLES[7]["text"], "市公安局"))
     service.background.wait_idle(30)
-    raw = settings.store_path.read_bytes() + b"".join(p.read_bytes() for p in settings.model_dir.glob("store.sqlite3-*"))
+    raw = Path(settings.store_location).read_bytes() + b"".join(p.read_bytes() for p in settings.model_dir.glob("store.sqlite3-*"))
     assert b"secret-project-token" not in raw and b"secret-password" not in raw
 
 

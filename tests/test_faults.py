@@ -249,7 +249,7 @@ def test_version_names_and_adapter_paths_cannot_leave_model_dir(settings, tmp_pa
     from backend.models import ModelManager
     from core.store import Store
 
-    store = Store(settings.store_path)
+    store = Store(settings.store_location)
     for name in ("../../etc", "lora/../../x", "", "a" * 65, "lora 1"):
         with pytest.raises(ValueError, match="invalid version name"):
             store.add_version(1, name, "llm", status="candidate")

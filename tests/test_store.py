@@ -1,7 +1,9 @@
-"""The gold-label store: durable, idempotent, order-tolerant, with a frozen stratified evaluation split."""
+"""The gold-label store: durable, idempotent, order-tolerant, with a frozen stratified evaluation split — the same
+tests on SQLite and on PostgreSQL (`store_location`), and the races several replicas and workers create."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -15,18 +17,18 @@ def label(annotation_id: int, department: str = "市公安局", text: str | None
                  department=department, updated_at=updated_at)
 
 
-def test_labels_survive_a_restart(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_labels_survive_a_restart(store_location):
+    store = Store(store_location)
     store.upsert_label(label(1))
     store.upsert_label(label(2, "市教育局"))
     store.close()
-    reopened = Store(tmp_path / "s.sqlite3")
+    reopened = Store(store_location)
     assert [(l.annotation_id, l.department) for l in reopened.labels()] == [(1, "市公安局"), (2, "市教育局")]
     assert reopened.integrity_errors() == []
 
 
-def test_evaluation_split_is_stratified_and_frozen(tmp_path):
-    store = Store(tmp_path / "s.sqlite3", eval_fraction=0.2)
+def test_evaluation_split_is_stratified_and_frozen(store_location):
+    store = Store(store_location, eval_fraction=0.2)
     departments = ["市公安局", "市教育局", "市水务局"]
     for i in range(60):
         store.upsert_label(label(i + 1, departments[i % 3]))
@@ -38,8 +40,8 @@ def test_evaluation_split_is_stratified_and_frozen(tmp_path):
     assert {l.annotation_id for l in store.labels(split="eval")} == frozen
 
 
-def test_identical_texts_share_one_split(tmp_path):
-    store = Store(tmp_path / "s.sqlite3", eval_fraction=0.5)
+def test_identical_texts_share_one_split(store_location):
+    store = Store(store_location, eval_fraction=0.5)
     for i in range(10):
         store.upsert_label(label(i + 1, text=f"同一张工单 {i // 2}"))  # pairs of identical tickets
         store.upsert_label(label(100 + i, text=f"同一张工单  {i // 2}"))  # whitespace does not make a new ticket
@@ -50,8 +52,8 @@ def test_identical_texts_share_one_split(tmp_path):
     assert text_key("a b") == text_key("ab")
 
 
-def test_sequence_counts_only_changes_of_gold(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_sequence_counts_only_changes_of_gold(store_location):
+    store = Store(store_location)
     store.upsert_label(label(1))
     seq = store.label_seq()
     assert store.upsert_label(label(1)) == "unchanged"
@@ -61,8 +63,8 @@ def test_sequence_counts_only_changes_of_gold(tmp_path):
     assert store.count_labels(since_seq=seq) == 1
 
 
-def test_reconcile_adds_missing_removes_vanished_and_keeps_newer(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_reconcile_adds_missing_removes_vanished_and_keeps_newer(store_location):
+    store = Store(store_location)
     store.upsert_label(label(1))
     store.upsert_label(label(2))
     pulled_since = "2000-01-01T00:00:00Z"  # everything local is older than the pull... except what we add below
@@ -74,16 +76,16 @@ def test_reconcile_adds_missing_removes_vanished_and_keeps_newer(tmp_path):
     assert [l.annotation_id for l in store.labels()] == [1, 3, 4]
 
 
-def test_reconcile_of_one_project_leaves_other_projects_alone(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_reconcile_of_one_project_leaves_other_projects_alone(store_location):
+    store = Store(store_location)
     store.upsert_label(label(1, project_id=1))
     store.upsert_label(label(2, project_id=2))
     store.reconcile_project(1, [], cancelled=set(), pulled_since="9999")
     assert [l.annotation_id for l in store.labels()] == [2]
 
 
-def test_jobs_coalesce_per_project_while_one_is_active(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_jobs_coalesce_per_project_while_one_is_active(store_location):
+    store = Store(store_location)
     job, created = store.request_job("train", "threshold", project_id=1)
     again, created_again = store.request_job("train", "START_TRAINING", project_id=1)
     assert created and not created_again and again.id == job.id
@@ -95,8 +97,8 @@ def test_jobs_coalesce_per_project_while_one_is_active(tmp_path):
     assert store.request_job("train", "threshold", project_id=1)[1]
 
 
-def test_the_next_job_is_the_project_that_waited_longest(tmp_path):
-    store = Store(tmp_path / "s.sqlite3")
+def test_the_next_job_is_the_project_that_waited_longest(store_location):
+    store = Store(store_location)
     busy = [store.request_job("train", "x", project_id=1)[0]]
     store.update_job(busy[0].id, status=JobStatus.RUNNING, started_at="2026-01-01T10:00:00Z")
     store.update_job(busy[0].id, status=JobStatus.PROMOTED, finished_at=now())
@@ -107,8 +109,8 @@ def test_the_next_job_is_the_project_that_waited_longest(tmp_path):
     assert store.next_queued_job("train").id == again.id
 
 
-def test_each_project_has_its_own_split_version_line_and_counters(tmp_path):
-    store = Store(tmp_path / "s.sqlite3", eval_fraction=0.5)
+def test_each_project_has_its_own_split_version_line_and_counters(store_location):
+    store = Store(store_location, eval_fraction=0.5)
     for i in range(1, 9):
         store.upsert_label(label(i, text="同一张工单" if i < 5 else f"工单 {i}", project_id=1 + (i % 2)))
     assert all(len({l.split for l in store.labels(p) if l.text == "同一张工单"}) == 1 for p in (1, 2))
@@ -122,8 +124,8 @@ def test_each_project_has_its_own_split_version_line_and_counters(tmp_path):
     assert store.project_seq(2) == store.label_seq() and store.project_seq(1) < store.label_seq()
 
 
-def test_the_evaluation_split_stops_growing_at_its_cap(tmp_path):
-    store = Store(tmp_path / "s.sqlite3", eval_fraction=0.2, eval_max_per_department=3)
+def test_the_evaluation_split_stops_growing_at_its_cap(store_location):
+    store = Store(store_location, eval_fraction=0.2, eval_max_per_department=3)
     for i in range(1, 101):
         store.upsert_label(label(i))
     assert len(store.labels(split="eval")) == 3
@@ -148,3 +150,54 @@ def test_a_store_from_before_projects_is_migrated_and_keeps_every_label(tmp_path
     assert store.upsert_label(label(9, project_id=3)) == "deleted"  # tombstones survive
     Store(path)  # opening a migrated store again changes nothing
     assert len(store.labels()) == 5
+
+
+def test_two_replicas_taking_the_same_webhooks_store_each_label_once(store_location):
+    replicas = [Store(store_location), Store(store_location)]  # two processes' connections to one store
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def deliver(replica: Store, first: int):
+        barrier.wait()
+        for i in range(first, first + 25):
+            outcomes.append(replica.upsert_label(label(i, "市公安局" if i % 3 else "市教育局")))
+
+    threads = [threading.Thread(target=deliver, args=(replicas[n % 2], 1 + (n % 4) * 25)) for n in range(8)]  # each label twice
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes).count("created") == 100 and sorted(outcomes).count("unchanged") == 100
+    assert len(replicas[0].labels()) == 100 and replicas[1].label_stats()["labels"] == 100
+    assert replicas[0].integrity_errors() == [] and replicas[0].label_seq() == 100
+
+
+def test_two_workers_never_claim_the_same_round_and_a_lost_one_is_redone_once(store_location):
+    store = Store(store_location)
+    for project in (1, 2, 3):
+        store.request_job("train", "x", project_id=project)
+    workers = [Store(store_location) for _ in range(4)]
+    claimed: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def work(worker: Store, n: int):
+        barrier.wait()
+        while (job := worker.claim_job(None, "train", f"worker-{n}")) is not None:
+            claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(w, n)) for n, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(claimed) == [1, 2, 3]  # each exactly once
+
+    store.add_version(1, "lora-1", "llm", status="candidate")
+    lost = store.fail_lost_jobs("train", silent_since="9999")  # every claimed job stopped beating
+    assert sorted(j.id for j in lost) == [1, 2, 3] and len(store.jobs(kind="train", status=["queued"])) == 3
+    owner = store.get_job(1).claimed_by
+    assert not store.heartbeat(1, owner)
+    assert not store.promote_for_job(1, owner, 1, "lora-1")  # the lost worker comes back: it cannot promote
+    assert store.serving_version(1, "llm") is None
+    again = store.claim_job(None, "train", "worker-9")
+    assert store.promote_for_job(again.id, "worker-9", again.project_id, "lora-1") or again.project_id != 1

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from core.jobs import ModelKind
-from core.store import Store
+from core.store import Store, StoreMissing, open_store
 
 FLAT_F1_PER_100_LABELS = 0.01
 STABLE_CHURN = 0.05
@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=int, metavar="ID", help="only this Label Studio project (default: every project, one report each)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    if not settings.store_path.exists():
-        print(f"error: no label store at {settings.store_path} (set MODEL_DIR)", file=sys.stderr)
+    try:
+        store = open_store(settings, must_exist=True)
+    except StoreMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = Store(settings.store_path)
     known = store.projects_with_versions()
     if args.project is not None and args.project not in known:
         print(f"error: project {args.project} has no model versions; projects with versions: {known or 'none'}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """`python -m backend demo`: the whole loop on this machine, no GPU and no model weights needed.
 
 Starts a real Label Studio (SQLite) and this backend, creates the 12345 project from annotation_config/,
-imports the sample tickets, has Label Studio retrieve the backend's suggestions, and prints where to log in.
+imports the sample tickets, has the backend pre-annotate them (suggestion row, queue tab), and prints where to log in.
 Run it again and it reuses the same data (your annotations stay); --fresh starts over.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from annotation_config.catalog import SAMPLE_TICKETS
+from annotation_config.labeling_config import QUEUE_TAB_TITLE
 from core.settings import Settings
 from tools import local_label_studio
 
@@ -85,10 +86,11 @@ def ensure_project(ls: local_label_studio.LabelStudio, backend_url: str, label_c
     return project_id
 
 
-def retrieve_predictions(ls: local_label_studio.LabelStudio, project_id: int) -> None:
-    """Label Studio's "Retrieve Predictions" on every task: one /predict call to the backend."""
-    ls.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project_id},
-           json={"selectedItems": {"all": True, "excluded": []}})
+def preannotate(backend_url: str, project_id: int) -> bool:
+    """The backend's pre-annotation: each ticket gets its suggestion row and its prediction, and the project its
+    queue tab (what "Retrieve Predictions" in Label Studio would not give the annotator's screen)."""
+    job = requests.post(f"{backend_url}/preannotate", json={"project": project_id}, timeout=10).json()["job"]
+    return bool(wait_for(lambda: requests.get(f"{backend_url}/jobs/{job}", timeout=5).json()["finished"], 300))
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.3):
@@ -115,7 +117,8 @@ def run_demo(settings: Settings, data_dir: str, fresh: bool, ls_port: int, wait:
         backend = start_backend(settings, root / "model", port, ls, root / "backend.log")
         label_config = Path(settings.labeling_config).read_text(encoding="utf-8")
         project_id = ensure_project(ls, backend_url, label_config)
-        retrieve_predictions(ls, project_id)
+        if not preannotate(backend_url, project_id):
+            print("pre-annotation is still running; the queue fills as it goes", flush=True)
         version = requests.get(f"{backend_url}/health", timeout=2).json()["model_version"]
         synced = wait_for(lambda: ls.api("GET", f"/api/projects/{project_id}").json()["model_version"] == version, 30)
         tasks = ls.api("GET", "/api/tasks", params={"project": project_id, "page_size": 1000, "fields": "all",
@@ -145,6 +148,8 @@ def _print_summary(ls, project_id: int, version: str, synced: bool, tasks: list[
     predicted = [t for t in tasks if t.get("predictions")]
     print(f"\nLabel Studio   {ls.url}/projects/{project_id}/data")
     print(f"Login          {local_label_studio.ADMIN_EMAIL} / {local_label_studio.ADMIN_PASSWORD}")
+    print(f"Annotate       tab \"{QUEUE_TAB_TITLE}\", Label All Tasks: Ctrl+Enter accepts the suggestion, 1/2/3 picks one, "
+          "Shift+F filters the full list")
     print(f"API token      {ls.token}")
     print(f"Backend        {backend_url} (model {version}; log {root / 'backend.log'})")
     print(f"Suggestions    {len(predicted)} of {len(tasks)} tickets pre-annotated; the project "

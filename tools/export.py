@@ -23,7 +23,7 @@ from core.annotations import NotGold, gold_label
 from core.label_studio import LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import AnnotationError, LabelConfigError, parse_label_config
 from core.settings import Settings, SettingsError
-from core.store import Label, Store, StoredLabel
+from core.store import Label, Store, StoredLabel, StoreMissing, open_store
 
 FORMATS = ("jsonl", "hf", "csv")
 RECIPE_COLUMNS = ("Question", "Complex_CoT", "Response")
@@ -325,9 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        if not settings.store_path.exists():
-            raise ExportError(f"there is no label store at {settings.store_path}; set MODEL_DIR to the backend's model folder")
-        store = Store(settings.store_path)
+        try:
+            store = open_store(settings, must_exist=True)
+        except StoreMissing as exc:
+            raise ExportError(str(exc)) from None
         labels = select_labels(store, args.project, args.since, args.until, set(args.annotator or ()))
         if not labels:
             raise ExportError(_nothing_selected(store, args))

@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import mean
 
 from core.settings import Settings, SettingsError
-from core.store import Store, StoredLabel
+from core.store import StoredLabel, StoreMissing, open_store
 from learning.instant_model import LinearSvmClassifier
 
 TEXT_CHARS = 200
@@ -269,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if not settings.store_path.exists():
-        print(f"error: there is no label store at {settings.store_path}; set MODEL_DIR to the backend's model folder", file=sys.stderr)
+    try:
+        store = open_store(settings, must_exist=True)
+    except StoreMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = Store(settings.store_path)
     labels = store.labels(project_id=args.project)
     if not labels:
         where = f"project {args.project}" if args.project is not None else "the store"

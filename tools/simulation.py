@@ -35,7 +35,7 @@ from core.evaluation import classification_report
 from core.jobs import JobKind, JobStatus, ModelKind, launch_worker
 from core.labeling import parse_label_config
 from core.settings import Settings, SettingsError
-from core.store import Label, Store
+from core.store import Label, open_store
 from learning.instant_model import fit_on_labels
 from learning.strategies import STRATEGIES, strategy
 
@@ -109,7 +109,7 @@ class _ThrowawayProject:
         self.catalog = Catalog(title="simulation", departments=tuple(Department(name=d) for d in departments))
         config = render_labeling_config(self.catalog)
         self.space = parse_label_config(config)
-        self.store = Store(self.settings.store_path, eval_fraction=self.settings.eval_fraction)
+        self.store = open_store(self.settings)
         self.store.remember_project(PROJECT, config, self.space.departments)
         self._annotations = 0
 
@@ -187,7 +187,7 @@ class LlmModel:
             raise RuntimeError(f"training round {job.id} failed: {job.error or 'the worker exited without finishing it'}")
         serving = project.store.serving_version(PROJECT, ModelKind.LLM)
         if serving.name not in self._engine.adapters():
-            self._engine.load_adapter(serving.path, serving.name)
+            self._engine.load_adapter(str(project.settings.model_path(serving.path)), serving.name)
         return LlmScorer(self._engine, serving.name, project.space.departments,
                          batch_size=project.settings.predict_batch_size, adapter=serving.name)
 

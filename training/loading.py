@@ -52,10 +52,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(base_model: str, max_seq_length: int = 896, device: str = "auto", for_training: bool = False):
-    """(model, tokenizer) for `base_model`, a local folder. On CUDA the weights are loaded in 4 bits by unsloth."""
-    cuda = resolve_device(device) == "cuda"
-    if cuda:
+def load_tokenizer(base_model: str, device: str = "auto"):
+    """The checked tokenizer of `base_model` alone (seconds, no weights): enough to plan a round."""
+    if resolve_device(device) == "cuda":
         import unsloth  # noqa: F401  (must come before transformers to patch it)
     from transformers import AutoTokenizer
 
@@ -63,6 +62,13 @@ def load_model(base_model: str, max_seq_length: int = 896, device: str = "auto",
         raise FileNotFoundError(f"BASE_MODEL={base_model} does not exist; point it at a local copy of the weights")
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     check_tokenizer(tokenizer, base_model)
+    return tokenizer
+
+
+def load_model(base_model: str, max_seq_length: int = 896, device: str = "auto", for_training: bool = False):
+    """(model, tokenizer) for `base_model`, a local folder. On CUDA the weights are loaded in 4 bits by unsloth."""
+    cuda = resolve_device(device) == "cuda"
+    tokenizer = load_tokenizer(base_model, device)
     if cuda:
         from unsloth import FastLanguageModel
 

@@ -1,0 +1,38 @@
+"""What the backend writes for the annotator's screen: task fields, the queue tab, people's names."""
+from __future__ import annotations
+
+from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorView, queue_tab
+from core.classifier import TicketPrediction
+from core.labeling import parse_label_config
+from core.people import AnnotatorDirectory
+from tests.helpers import LABEL_CONFIG
+
+SPACE = parse_label_config(LABEL_CONFIG)
+PREDICTION = TicketPrediction(department="市水务局", score=0.55, margin=0.2, entropy=1.1, truncated=False,
+                              top=[("市水务局", 0.55), ("市自来水公司", 0.35), ("市城市管理综合执法局", 0.04)])
+
+
+def test_the_task_gets_its_suggestion_row_and_its_place_in_the_queue():
+    data = AnnotatorView(lambda: None).task_data(SPACE, {"text": "路口积水", "source": "hotline"}, PREDICTION)
+    assert data == {"text": "路口积水", "source": "hotline", "suggestion_1": "市水务局", "suggestion_2": "市自来水公司",
+                    "suggestion_3": "市城市管理综合执法局", "suggestion_probabilities": "55% · 35% · 4%",
+                    SUGGESTED_FIELD: "市水务局", PRIORITY_FIELD: 0.55}
+    assert SPACE.prediction_result(PREDICTION.department, PREDICTION.top, data)[0]["from_name"] == "suggestion"
+    # Another strategy plugs in its own order; the score shown to annotators stays the model's probability.
+    by_margin = AnnotatorView(lambda: None, priority=lambda p: p.margin).task_data(SPACE, {"text": "路口积水"}, PREDICTION)
+    assert by_margin[PRIORITY_FIELD] == 0.2
+
+
+def test_the_queue_tab_shows_what_an_annotator_needs_in_priority_order():
+    columns = ["tasks:data.text", "tasks:id", "tasks:inner_id", "tasks:predictions_score", "tasks:predictions_model_versions",
+               "tasks:predictions_results", "tasks:annotators", "tasks:total_annotations", "tasks:data"]
+    tab = queue_tab(SPACE, columns)
+    assert tab["ordering"] == [f"tasks:data.{PRIORITY_FIELD}"]
+    hidden = set(tab["hiddenColumns"]["explore"])
+    assert {"tasks:inner_id", "tasks:predictions_results", "tasks:data", "tasks:data.suggestion_1"} <= hidden
+    assert not {"tasks:data.text", f"tasks:data.{SUGGESTED_FIELD}", "tasks:predictions_score", "tasks:predictions_model_versions"} & hidden
+
+
+def test_without_label_studio_an_annotator_stays_an_id():
+    people = AnnotatorDirectory(lambda: None)
+    assert (people.resolve("7"), people.resolve("ann@example.com"), people.resolve(None)) == ("7", "ann@example.com", None)

@@ -1,0 +1,71 @@
+"""The instant model's full refits run in a worker process and can never take serving down: a refit that fails
+leaves the last good model answering (and says so in /status and /metrics); a start whose saved model cannot be
+loaded answers from the catalog's prototypes, says so, and refits."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from backend.app import create_app
+from tests.helpers import LABEL_CONFIG, SAMPLES, annotation_event, predict_body, wait_until
+
+
+def post(client, path, body):
+    return client.post(path, data=json.dumps(body, ensure_ascii=False), content_type="application/json")
+
+
+def label_all(client, samples) -> None:
+    for i, sample in enumerate(samples, start=1):
+        assert post(client, "/webhook", annotation_event("ANNOTATION_CREATED", i, i, sample["text"], sample["department"])).status_code == 200
+
+
+def settled(service) -> bool:
+    version = service.store.serving_version(1, "instant")
+    return (version is not None and version.data.get("project_seq") == service.store.project_seq(1)
+            and service.models.serving_version(1) == version.name)
+
+
+def test_a_failed_refit_keeps_the_last_good_model_serving_and_says_so(settings):
+    app = create_app(settings)
+    service, client = app.extensions["service"], app.test_client()
+    post(client, "/setup", {"project": "1.1", "schema": LABEL_CONFIG})
+    label_all(client, SAMPLES[:10])
+    wait_until(lambda: settled(service), timeout=120, what="the first refit")
+    good = service.models.serving_version(1)
+    instant = settings.project_dir(1) / "instant"
+    shutil.rmtree(instant)
+    instant.write_text("a file where the models folder should be: every save fails")
+    post(client, "/webhook", annotation_event("ANNOTATION_CREATED", 99, 99, SAMPLES[20]["text"], SAMPLES[20]["department"]))
+    failed = wait_until(lambda: (p := project(client, 1))["last_refit"] and p["last_refit"]["status"] == "failed" and p, timeout=120,
+                        what="the refit to fail")
+    assert "instant" in failed["last_refit"]["error"]
+    assert failed["serving_version"] == good
+    answer = post(client, "/predict", predict_body([SAMPLES[21]["text"]], project="1.1"))
+    assert answer.status_code == 200 and answer.get_json()["results"][0]["model_version"] == good
+    assert 'backend_last_refit_failed{project="1"} 1.0' in client.get("/metrics").get_data(as_text=True)
+    service.stop()
+
+
+def project(client, project_id: int) -> dict:
+    return next(p for p in client.get("/status").get_json()["projects"] if p["project"] == project_id)
+
+
+def test_a_start_whose_saved_model_cannot_be_loaded_answers_from_the_catalog_and_refits(settings):
+    app = create_app(settings)
+    service, client = app.extensions["service"], app.test_client()
+    post(client, "/setup", {"project": "1.1", "schema": LABEL_CONFIG})
+    label_all(client, SAMPLES[:10])
+    wait_until(lambda: settled(service), timeout=120, what="the first refit")
+    saved = service.store.serving_version(1, "instant")
+    service.stop()
+    (settings.model_path(saved.path) / "model.pkl").write_bytes(b"not a model")
+
+    app = create_app(settings)
+    service, client = app.extensions["service"], app.test_client()
+    answer = post(client, "/predict", predict_body([SAMPLES[30]["text"]], project="1.1"))
+    assert answer.status_code == 200 and answer.get_json()["results"][0]["result"]
+    assert "prototypes" in project(client, 1).get("note", "")
+    wait_until(lambda: settled(service) and service.models.serving_version(1) not in (None, saved.name), timeout=120,
+               what="a refit on the project's labels")
+    assert service.store.get_version(1, service.models.serving_version(1)).data["labels"] == 10
+    service.stop()
