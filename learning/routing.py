@@ -98,7 +98,8 @@ def choose_threshold(scores: Sequence[float], correct: Sequence[bool], target: f
     `min_rows(target, confidence)`, each next one at least GRID_RATIO times as many, down to all rows. They are
     tested from high to low and the scan stops at the first whose Clopper–Pearson bound falls short of the target
     (fixed-sequence testing; see the module docstring). The grid comes from the scores alone, so it is fixed
-    before the test looks at correctness; its coarseness keeps one unlucky row from ending the scan early.
+    before the test looks at correctness; testing a thinned grid rather than every score leaves fewer chances for an
+    unlucky row to end the scan (ratios 1.1 to 1.5 routed about as much on synthetic problems and the dev sets).
     Ties: every row whose score equals the threshold is auto-routed."""
     _check_level("target", target)
     _check_level("confidence", confidence)
