@@ -19,7 +19,7 @@ ALLOWED = {
     "annotation_config": set(),
     "core": {"annotation_config"},
     "learning": {"core", "annotation_config"},
-    "training": {"core"},
+    "training": {"core", "annotation_config"},
     "tools": {"core", "learning", "training", "annotation_config"},
     "backend": {"core", "learning", "training", "tools", "annotation_config"},
 }
