@@ -30,9 +30,9 @@ import numpy as np
 
 from annotation_config.catalog import Catalog, Department
 from core.classifier import Classifier
+from core.routing import choose_department_thresholds, clopper_pearson_lower
 from core.store import Label, Store
 from learning.instant_model import fit_on_labels
-from core.routing import choose_department_thresholds, clopper_pearson_lower
 
 SETS = {  # name: (dev file under --data, keep units with at least this many letters)
     "shanghai": ("shanghai_xinfang/dev.jsonl", 20),
