@@ -1,7 +1,8 @@
 """Work the web handlers hand off so they can answer within Label Studio's 1 s webhook timeout.
 
 Tasks are keyed: submitting a key that is already waiting does nothing (a burst of 100 labels causes one refit,
-not 100), and a key submitted while it runs runs once more afterwards, so the last request is never lost.
+not 100), and a key submitted while it runs runs once more afterwards, after its delay (a periodic task that submits
+itself for later waits that long), so the last request is never lost.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class Background:
         self._queue: list[tuple[float, int, str]] = []
         self._pending: dict[str, Callable[[], object]] = {}
         self._running: set[str] = set()
-        self._rerun: dict[str, Callable[[], object]] = {}
+        self._rerun: dict[str, tuple[Callable[[], object], float]] = {}
         self._counter = 0
         self._stopped = False
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)]
@@ -32,7 +33,7 @@ class Background:
             if self._stopped:
                 return
             if key in self._running:
-                self._rerun[key] = fn
+                self._rerun[key] = (fn, delay)
                 return
             if key in self._pending:
                 return
@@ -64,7 +65,7 @@ class Background:
                     again = self._rerun.pop(key, None)
                     self._cond.notify_all()
                 if again is not None:
-                    self.submit(key, again)
+                    self.submit(key, *again)
 
     def idle(self) -> bool:
         with self._cond:

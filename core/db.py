@@ -75,7 +75,8 @@ class SqliteDatabase:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite has already rolled back after some errors ('database or disk is full')
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 

@@ -116,7 +116,7 @@ def test_a_full_disk_refuses_the_label_clearly_and_keeps_serving(client, service
     long_ticket = "。".join(s["text"] for s in SAMPLES[:60])  # needs new pages, whatever free space the last one has
     event = annotation_event("ANNOTATION_CREATED", 71, 71, long_ticket, SAMPLES[0]["department"])
     version = post(client, "/setup", {"project": "1.1"}).get_json()["model_version"]
-    db = service.store._conn()  # the Flask test client runs requests on this thread, so this is their connection
+    db = service.store.db.connection()  # the Flask test client runs requests on this thread, so this is their connection
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now answers 'database or disk is full'
     refused = post(client, "/webhook", event)
