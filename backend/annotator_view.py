@@ -23,6 +23,7 @@ from annotation_config.labeling_config import PROBABILITIES_FIELD, QUEUE_TAB_TIT
 from core.classifier import TicketPrediction
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import LabelSpace
+from core.routing import AUDIT, REVIEW
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ PRIORITY_FIELD = "queue_priority"
 # Built-in columns the tab shows; every other column the project has is hidden.
 SHOWN_COLUMNS = ("tasks:id", "tasks:predictions_score", "tasks:predictions_model_versions", "tasks:total_annotations",
                  "tasks:annotators")
+# Routed tickets (backend/router.py): data.route says why a person sees the task, data.route_ticket is the hotline's id.
+ROUTE_FIELD = "route"
+ROUTE_TICKET_FIELD = "route_ticket"
+ROUTE_TABS = {REVIEW: "需要人工 Needs a person", AUDIT: "自动分派抽检 Auto-routed, for audit"}
 
 
 def least_confidence(prediction: TicketPrediction) -> float:
@@ -41,8 +46,8 @@ class AnnotatorView:
     def __init__(self, client: Callable[[], LabelStudioClient | None], priority: Callable[[TicketPrediction], float] = least_confidence):
         self._client = client
         self.priority = priority
-        self._tabs_checked: set[int] = set()
-        self._tab_lock = threading.Lock()  # /setup and a pre-annotation may both look for the tab at once
+        self._tabs: dict[tuple[int, str], int | None] = {}  # (project, title) -> tab id, once found or made
+        self._tab_lock = threading.Lock()  # /setup and a pre-annotation may both look for a tab at once
 
     def task_data(self, space: LabelSpace, data: dict, prediction: TicketPrediction) -> dict:
         """The task's data with the suggestion row, the suggested department and the queue priority."""
@@ -62,30 +67,36 @@ class AnnotatorView:
 
     def ensure_queue_tab(self, project_id: int, space: LabelSpace) -> int | None:
         """The id of the project's queue tab, created if it is missing; other tabs are never touched."""
+        return self.ensure_tab(project_id, QUEUE_TAB_TITLE, lambda columns: queue_tab(space, columns))
+
+    def ensure_route_tabs(self, project_id: int, space: LabelSpace) -> None:
+        """The two tabs of routed tickets (POST /route): the ones that need a person, the audited auto-routed ones."""
+        for kind in ROUTE_TABS:
+            self.ensure_tab(project_id, ROUTE_TABS[kind], lambda columns, kind=kind: route_tab(space, columns, kind))
+
+    def ensure_tab(self, project_id: int, title: str, build: Callable[[list[str]], dict]) -> int | None:
+        """The id of the project's tab named `title`, created from `build(the project's columns)` if missing."""
+        if (project_id, title) in self._tabs:
+            return self._tabs[project_id, title]
         client = self._client()
         if client is None:
             return None
         with self._tab_lock:
-            return self._find_or_create_tab(client, project_id, space)
-
-    def _find_or_create_tab(self, client: LabelStudioClient, project_id: int, space: LabelSpace) -> int | None:
-        try:
-            for view in client.views(project_id):
-                if (view.get("data") or {}).get("title") == QUEUE_TAB_TITLE:
-                    self._tabs_checked.add(project_id)
-                    return view["id"]
-            view = client.create_view(project_id, queue_tab(space, client.columns(project_id)))
-        except (LabelStudioUnavailable, LabelStudioRejected) as exc:
-            log.warning("could not add the queue tab to project %d: %s", project_id, exc)
-            return None
-        self._tabs_checked.add(project_id)
-        log.info("project %d: added the data-manager tab %r (tab %s)", project_id, QUEUE_TAB_TITLE, view.get("id"))
-        return view.get("id")
+            try:
+                found = next((view["id"] for view in client.views(project_id) if (view.get("data") or {}).get("title") == title), None)
+                if found is None:
+                    found = client.create_view(project_id, build(client.columns(project_id))).get("id")
+                    log.info("project %d: added the data-manager tab %r (tab %s)", project_id, title, found)
+            except (LabelStudioUnavailable, LabelStudioRejected) as exc:
+                log.warning("could not add the tab %r to project %d: %s", title, project_id, exc)
+                return None
+            self._tabs[project_id, title] = found
+            return found
 
     def connected(self, project_id: int, space: LabelSpace, submit: Callable[[str, Callable[[], object]], object]) -> None:
         """Label Studio connected to the project (/setup, which must answer within 3 s): add its tab in the
         background, once per process."""
-        if project_id not in self._tabs_checked:
+        if (project_id, QUEUE_TAB_TITLE) not in self._tabs:
             submit(f"queue-tab-{project_id}", lambda: self.ensure_queue_tab(project_id, space))
 
 
@@ -99,4 +110,17 @@ def queue_tab(space: LabelSpace, columns: list[str]) -> dict:
         "ordering": [f"tasks:data.{PRIORITY_FIELD}"],
         "filters": {"conjunction": "and", "items": []},
         "hiddenColumns": {"explore": hidden, "labeling": sorted(set(hidden) | (shown - labeling_shown))},
+    }
+
+
+def route_tab(space: LabelSpace, columns: list[str], kind: str) -> dict:
+    """A tab of the routed tickets with `data.route == kind`, oldest first (a citizen's ticket waits its turn)."""
+    shown = {f"tasks:data.{space.data_key}", f"tasks:data.{ROUTE_TICKET_FIELD}", f"tasks:data.{SUGGESTED_FIELD}", *SHOWN_COLUMNS}
+    hidden = sorted(set(columns) - shown)
+    return {
+        "title": ROUTE_TABS[kind],
+        "ordering": ["tasks:id"],
+        "filters": {"conjunction": "and", "items": [
+            {"filter": f"filter:tasks:data.{ROUTE_FIELD}", "operator": "equal", "type": "String", "value": kind}]},
+        "hiddenColumns": {"explore": hidden, "labeling": hidden},
     }

@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.errors import ApiError
 from backend.models import TooManyProjects
+from backend.openapi import openapi
 from backend.service import Service, project_id_of, project_or_422
 from core.jobs import worker_id
 from core.settings import Settings
@@ -25,7 +26,7 @@ from core.text import brief, clean_json, printable
 log = logging.getLogger(__name__)
 
 ROUTES = {"/health", "/setup", "/predict", "/webhook", "/versions", "/metrics", "/status", "/jobs", "/preannotate",
-          "/convergence"}
+          "/convergence", "/route", "/openapi.json"}
 
 
 def _read_body(limit: int) -> bytes:
@@ -211,6 +212,14 @@ def create_app(settings: Settings, service: Service | None = None) -> Flask:
         if project_id == DEFAULT_PROJECT:
             raise ApiError(422, "'project' must be the integer id of a Label Studio project")
         return jsonify(service.request_preannotation(project_id, "requested through POST /preannotate")), 202
+
+    @app.post("/route")
+    def route():
+        return jsonify(service.route(_json_body(settings.max_request_bytes)))
+
+    @app.get("/openapi.json")
+    def contract():
+        return jsonify(openapi(settings))
 
     @app.get("/convergence")
     def convergence():

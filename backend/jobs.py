@@ -44,8 +44,9 @@ def _died_here(claimed_by: str | None) -> bool:
 
 class JobRunner:
     def __init__(self, kind: str, module: str, settings: Settings, store: Store, on_finished: Callable[[Job], None],
-                 warmup_module: str | None = None):
+                 warmup_module: str | None = None, join_running: bool = True):
         self.kind = kind
+        self.join_running = join_running
         self.module = module
         self.warmup_module = warmup_module
         self.settings = settings
@@ -67,8 +68,9 @@ class JobRunner:
         self._wake.set()
 
     def request(self, reason: str, project_id: int) -> tuple[Job, bool]:
-        """Queue a job for the project; while one is queued or running there, requests coalesce into it."""
-        job, created = self.store.request_job(self.kind, reason, project_id)
+        """Queue a job for the project; while one is queued (or, with `join_running`, running) there, requests
+        coalesce into it."""
+        job, created = self.store.request_job(self.kind, reason, project_id, self.join_running)
         if created:
             log.info("%s job %d queued for project %d (%s)", self.kind, job.id, project_id, reason)
         self._wake.set()

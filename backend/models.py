@@ -351,7 +351,8 @@ class ModelManager:
 
     def _score_llm_version(self, project_id: int, name: str, clf: Classifier) -> None:
         try:
-            self.store.update_version(project_id, name, metrics=evaluate(clf, self.store.labels(project_id, split="eval")))
+            self.store.update_version(project_id, name, metrics=evaluate(clf, self.store.labels(project_id, split="eval"),
+                                                                           self.settings.auto_routing()))
         except Exception:  # swapped out (closed) before it finished, or the store refused: scored next time
             log.warning("project %d: %s could not be scored on the frozen split", project_id, name, exc_info=True)
 

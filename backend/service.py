@@ -22,6 +22,7 @@ from backend.ls_sync import LabelStudioSync
 from backend.metrics import Metrics
 from backend.models import ModelManager, ModelPreparing
 from backend.preannotate import preannotate
+from backend.router import Router, read_tickets
 from core.annotations import NotGold, gold_label
 from core.jobs import UNFINISHED, JobKind, JobStatus, ModelKind
 from core.labeling import AnnotationError, LabelConfigError, LabelSpace, parse_label_config
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 REGISTRY_POLL_SECONDS = 2.0
+ROUTE_SWEEP_SECONDS = 60.0  # catch-up for routed tickets: reviews from pulled labels, tasks a failed push left
 _PROJECT = re.compile(r"([0-9]{1,19})(?:\.[0-9]+)?")  # "<id>.<created timestamp>" in /setup and /predict, ASCII digits only
 _CHOICE_TAG = re.compile(r"<Choice[\s/>]")
 
@@ -77,8 +79,9 @@ class Service:
         self.models.refit_requested = self._request_refit
         self.label_studio = LabelStudioSync(settings, self.store, self.background, self._configure, self._labels_changed)
         self.annotator_view = AnnotatorView(self.label_studio.client)
+        self.router = Router(settings, self.store, self.models, self.annotator_view, self.label_studio.client, self.background)
         self.started_at = time.time()
-        self.refits = JobRunner(JobKind.REFIT, "learning.refit", settings, self.store, self._refit_finished)
+        self.refits = JobRunner(JobKind.REFIT, "learning.refit", settings, self.store, self._refit_finished, join_running=False)
         self.jobs = self._training_jobs() if settings.base_model else None
 
     def _training_jobs(self) -> JobRunner | QueueDispatcher:
@@ -100,8 +103,15 @@ class Service:
         self.background.submit("follow-registry", self._follow_registry, delay=REGISTRY_POLL_SECONDS)
         if self.settings.reconcile_seconds > 0:
             self.background.submit("reconcile-all", self.label_studio.reconcile_all_periodically, delay=self.settings.reconcile_seconds)
+        self.background.submit("route-sweep", self._sweep_routes, delay=ROUTE_SWEEP_SECONDS)
         for job in self.store.jobs(kind=JobKind.PREANNOTATE, status=UNFINISHED):
             self.background.submit(f"preannotate-{job.project_id}", lambda job_id=job.id: self._run_preannotation(job_id))
+
+    def _sweep_routes(self) -> None:
+        try:
+            self.router.sweep()
+        finally:  # a failed sweep is logged by the background runner; the next one comes all the same
+            self.background.submit("route-sweep", self._sweep_routes, delay=ROUTE_SWEEP_SECONDS)
 
     def stop(self) -> None:
         self.background.stop()
@@ -240,6 +250,7 @@ class Service:
             if outcome in ("created", "updated"):
                 self.models.learn(project_id, [label.text], [label.department])
                 self._labels_changed(project_id)
+                self.router.reviewed(project_id, label.task_id, label.department)
             if is_user_id(label.annotator):  # not in the cache yet: named in the background, the webhook answers now
                 self.background.submit("name-annotators", lambda: self.label_studio.people.name_stored_labels(self.store))
         self.metrics.count_webhook(action, outcome)
@@ -305,6 +316,15 @@ class Service:
             log.exception("could not switch to the registry's serving versions")
         finally:
             self.background.submit("follow-registry", self._follow_registry, delay=REGISTRY_POLL_SECONDS)
+
+    # -- dispatch without a person where the model is proven right often enough -----------------------------
+    def route(self, body: dict) -> dict:
+        project_id = project_or_422(body)
+        tickets = read_tickets(body, self.settings.max_route_tickets)
+        try:
+            return {"project": project_id, "results": self.router.route(project_id, tickets)}
+        except ModelPreparing as exc:
+            raise ApiError(503, str(exc), retry_after=5) from None
 
     # -- every waiting ticket carries a suggestion ----------------------------------------------------------
     def request_preannotation(self, project_id: int, reason: str) -> dict:
@@ -376,7 +396,7 @@ class Service:
                 if version is not None:
                     evaluated[kind] = {"name": version.name, "metrics": {k: version.metrics.get(k) for k in ("accuracy", "macro_f1", "n")}}
             last_refit = next(iter(self.store.jobs(kind=JobKind.REFIT, project_id=line.project_id, limit=1)), None)
-            projects.append({**line.describe(), "labels": stats, "models": evaluated,
+            projects.append({**line.describe(), "labels": stats, "models": evaluated, "auto_routing": self.router.state(line.project_id),
                              "last_refit": {"job": last_refit.id, "status": last_refit.status, "error": last_refit.error} if last_refit else None})
         return {
             "projects": projects,

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from core.classifier import Classifier
+
+if TYPE_CHECKING:
+    from core.routing import AutoRouting
 
 
 class GoldLabel(Protocol):
@@ -13,15 +16,26 @@ class GoldLabel(Protocol):
     department: str
 
 
-def evaluate(clf: Classifier, held_out: Sequence[GoldLabel]) -> dict:
+def evaluate(clf: Classifier, held_out: Sequence[GoldLabel], routing: AutoRouting | None = None) -> dict:
     """The report of `clf` on held-out gold labels: the one routine behind the promotion gate, the instant model's
-    scores and every benchmark. Labels of departments the classifier does not know are left out."""
+    scores and every benchmark. Labels of departments the classifier does not know are left out.
+
+    With `routing`, the report also holds the version's auto-routing thresholds (``"routing"``), proven on these
+    rows: they are its calibration rows, which it never trained on."""
     known = set(clf.departments)
     held_out = [label for label in held_out if label.department in known]
     if not held_out:
-        return classification_report([], [])
+        report = classification_report([], [])
+        return {**report, "routing": routing.thresholds([], []).to_dict()} if routing else report
     probs = clf.predict_proba([label.text for label in held_out]).probs
-    return classification_report([label.department for label in held_out], [clf.departments[i] for i in probs.argmax(axis=1)])
+    top = probs.argmax(axis=1)
+    gold = [label.department for label in held_out]
+    predicted = [clf.departments[i] for i in top]
+    report = classification_report(gold, predicted)
+    if routing is not None:
+        correct = [g == p for g, p in zip(gold, predicted)]
+        report["routing"] = routing.thresholds(probs.max(axis=1), correct, predicted).to_dict()
+    return report
 
 
 def classification_report(gold: Sequence[str], predicted: Sequence[str], top_confusions: int = 10) -> dict:

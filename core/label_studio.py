@@ -5,6 +5,7 @@ LabelStudioUnavailable; callers read everything first and change local state onl
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,11 +37,12 @@ class LabelStudioClient:
         self.backoff = backoff
         self._sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], T], attempts: int | None = None) -> T:
         from label_studio_sdk.core.api_error import ApiError
 
+        attempts = attempts or self.attempts
         delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 return fn()
             except ApiError as exc:
@@ -49,9 +51,9 @@ class LabelStudioClient:
                 error = f"HTTP {exc.status_code}"
             except Exception as exc:  # connection refused, timeouts, broken JSON from a dying server
                 error = f"{type(exc).__name__}: {exc}"
-            if attempt == self.attempts:
-                raise LabelStudioUnavailable(f"{what}: Label Studio at {self.url} failed {self.attempts} times; last error: {error}")
-            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", what, attempt, self.attempts, error, delay)
+            if attempt == attempts:
+                raise LabelStudioUnavailable(f"{what}: Label Studio at {self.url} failed {attempts} times; last error: {error}")
+            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1f s", what, attempt, attempts, error, delay)
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
@@ -93,6 +95,19 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def tasks_where(self, project_id: int, query: dict, page_size: int = 500) -> Iterator[dict]:
+        """The project's tasks that a data-manager query (filters, ordering) selects, page by page."""
+        page = 1
+        while True:
+            answer = self._call(f"query tasks of project {project_id} (page {page})", lambda page=page: self._raw(
+                "GET", "api/tasks", params={"project": project_id, "page": page, "page_size": page_size, "fields": "task_only",
+                                            "query": json.dumps(query, ensure_ascii=False)}))
+            for task in answer.get("tasks", []):
+                yield {"id": task["id"], "data": task.get("data") or {}}
+            if page * page_size >= answer.get("total", 0):
+                return
+            page += 1
+
     def users(self) -> list[dict]:
         """Every user of the organisation: id, email and name (for people, not ids, in exports and reports)."""
         def pull() -> list[dict]:
@@ -129,6 +144,13 @@ class LabelStudioClient:
     def update_task_data(self, task_id: int, data: dict) -> None:
         """Replace a task's data (Label Studio has no bulk form of this)."""
         self._call(f"update data of task {task_id}", lambda: self._raw("PATCH", f"api/tasks/{task_id}", json={"data": data}))
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """Create tasks (with predictions where given); returns their ids in order. Tried once: a retry after a
+        timeout could create them twice, so callers mark their batches and look for them before trying again."""
+        answer = self._call(f"import {len(tasks)} tasks into project {project_id}", lambda: self._raw(
+            "POST", f"api/projects/{project_id}/import", params={"return_task_ids": "true"}, json=tasks), attempts=1)
+        return [int(i) for i in (answer or {}).get("task_ids", [])]
 
     def import_predictions(self, project_id: int, predictions: list[dict]) -> int:
         answer = self._call(f"import {len(predictions)} predictions into project {project_id}", lambda: self._raw(

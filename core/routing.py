@@ -256,7 +256,9 @@ class AuditDecision:
         return asdict(self)
 
 
-Decision = str  # "auto" | "review"
+AUTO, REVIEW = "auto", "review"  # the two decisions
+AUDIT = "audit"  # not a decision: an auto-routed ticket that a person also checks
+Decision = str  # AUTO | REVIEW
 
 
 @dataclass(frozen=True)
@@ -282,9 +284,9 @@ class AutoRouting:
         """auto or review for one ticket. Thresholds proven for a weaker promise than the current one (the centre
         raised AUTO_ROUTE_PRECISION since) do not count: recalibrate the version from its calibration rows."""
         if stopped or thresholds is None or thresholds.target < self.target or thresholds.confidence < self.confidence:
-            return "review"
+            return REVIEW
         threshold = thresholds.threshold_for(department)
-        return "auto" if threshold is not None and score >= threshold else "review"
+        return AUTO if threshold is not None and score >= threshold else REVIEW
 
     def audit_selected(self, ticket_id: str | int, version: str) -> bool:
         """Whether an auto-routed ticket also goes to a person for audit: a uniform draw at `audit_rate` that is

@@ -116,6 +116,13 @@ class Settings(EnvConfig):
     train_every_n_labels: int = setting("TRAIN_EVERY_N_LABELS", 200, "queue an LLM fine-tuning job after this many new gold labels (0: only on START_TRAINING)")
     job_lost_after_seconds: float = setting("JOB_LOST_AFTER_SECONDS", 120.0, "a running job whose worker has not said it is alive for this long (killed, its machine gone) is failed and queued again")
     reconcile_seconds: float = setting("RECONCILE_SECONDS", 600.0, "pull all annotations from Label Studio this often to recover lost webhooks (0: only on START_TRAINING)")
+    # Auto-routing (POST /route)
+    auto_route: bool = setting("AUTO_ROUTE", True, "POST /route may dispatch a ticket without a person when the model is sure enough; false: every ticket goes to review")
+    auto_route_precision: float = setting("AUTO_ROUTE_PRECISION", 0.95, "the precision the centre is promised for auto-routed tickets: each model version's thresholds are proven to reach it on gold labels the version never trained on")
+    auto_route_confidence: float = setting("AUTO_ROUTE_CONFIDENCE", 0.95, "the confidence of that promise (thresholds by an exact Clopper-Pearson test, audits by a confidence sequence)")
+    auto_route_min_department_rows: int = setting("AUTO_ROUTE_MIN_DEPARTMENT_ROWS", 100, "a department predicted on at least this many calibration rows gets its own threshold; the others share one (0: one threshold for all)")
+    audit_rate: float = setting("AUDIT_RATE", 0.05, "share of auto-routed tickets also sent to a person to check; their answers measure each version's realised precision and stop auto-routing when it is shown below the target")
+    max_route_tickets: int = setting("MAX_ROUTE_TICKETS", 1000, "a /route call with more tickets is refused with 413")
     training_device: str = setting("TRAINING_DEVICE", "auto", "where the LLM runs: auto (CUDA if present), cuda or cpu")
 
     def validate(self) -> None:
@@ -133,6 +140,11 @@ class Settings(EnvConfig):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if not 0 < self.eval_fraction < 0.9:
             raise SettingsError(f"EVAL_FRACTION must be in (0, 0.9), got {self.eval_fraction}")
+        for name in ("auto_route_precision", "auto_route_confidence"):
+            if not 0 < getattr(self, name) < 1:
+                raise SettingsError(f"{self.env_name(name)} must be strictly between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.audit_rate <= 1 or self.auto_route_min_department_rows < 0:
+            raise SettingsError("AUDIT_RATE must be between 0 and 1 and AUTO_ROUTE_MIN_DEPARTMENT_ROWS >= 0")
         for project, path in self._project_catalogs().items():
             if not path.is_file():
                 raise SettingsError(f"PROJECT_CATALOGS: the catalog of project {project}, {path}, does not exist")
@@ -140,9 +152,15 @@ class Settings(EnvConfig):
             raise SettingsError(f"TRAINING_DEVICE must be auto, cuda or cpu, got {self.training_device!r}")
         for name in ("threads", "max_request_bytes", "max_tasks_per_predict", "max_text_chars", "predict_batch_size", "max_seq_length",
                      "label_studio_timeout", "label_studio_attempts", "max_projects", "max_choices", "eval_max_per_department", "adapter_cache_mb",
-                     "suggestions_top_k", "instant_versions_kept", "job_lost_after_seconds"):
+                     "suggestions_top_k", "instant_versions_kept", "job_lost_after_seconds", "max_route_tickets"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be positive")
+
+    def auto_routing(self):
+        """The centre's promise and audit rate, as the routing statistics take them (core.routing)."""
+        from core.routing import AutoRouting
+
+        return AutoRouting(self.auto_route_precision, self.auto_route_confidence, self.audit_rate, self.auto_route_min_department_rows)
 
     def catalog_of(self, project_id: int) -> Path:
         """The catalog whose duties seed a project's instant model: its own (PROJECT_CATALOGS) or CATALOG."""

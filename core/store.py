@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from core.db import open_database, postgres_ddl
 from core.jobs import UNFINISHED, JobStatus
+from core.routing import AUTO
 
 SCHEMA_VERSION = 2
 DEFAULT_PROJECT = 0  # requests that name no Label Studio project (the routing API, tools, old clients)
@@ -148,17 +150,25 @@ CREATE TABLE IF NOT EXISTS routes (
     threshold REAL,
     audit INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
+    text TEXT,
+    top TEXT,
     task_id INTEGER,
     reviewed_department TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (project_id, ticket_id)
 );
 CREATE INDEX IF NOT EXISTS routes_task ON routes(project_id, task_id);
-CREATE TABLE IF NOT EXISTS audits (
+CREATE INDEX IF NOT EXISTS routes_to_push ON routes(project_id) WHERE task_id IS NULL AND (decision = 'review' OR audit = 1);
+CREATE TABLE IF NOT EXISTS route_stats (
     project_id INTEGER NOT NULL,
     model_version TEXT NOT NULL,
+    auto INTEGER NOT NULL DEFAULT 0,
+    review INTEGER NOT NULL DEFAULT 0,
+    audit_selected INTEGER NOT NULL DEFAULT 0,
     audited INTEGER NOT NULL DEFAULT 0,
     correct INTEGER NOT NULL DEFAULT 0,
+    stopped_at TEXT,
+    stop_reason TEXT,
     PRIMARY KEY (project_id, model_version)
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -712,12 +722,14 @@ class Store:
         return [row["name"] for row in retired]
 
     # -- jobs -----------------------------------------------------------------------------------------------
-    def request_job(self, kind: str, reason: str, project_id: int) -> tuple[Job, bool]:
+    def request_job(self, kind: str, reason: str, project_id: int, join_running: bool = True) -> tuple[Job, bool]:
         """Queue a job unless an unfinished one of the same kind exists for the project: requests coalesce per
-        project. Returns (job, created)."""
+        project. With `join_running` False they coalesce only into a queued job, for jobs that read their input
+        when they start (a refit: labels stored while one runs need the next). Returns (job, created)."""
+        joinable = UNFINISHED if join_running else (JobStatus.QUEUED,)
         with self._tx() as db:
-            row = db.execute(f"SELECT * FROM jobs WHERE kind = ? AND project_id = ? AND status IN ({','.join('?' * len(UNFINISHED))})"
-                             " ORDER BY id LIMIT 1", (kind, project_id, *UNFINISHED)).fetchone()
+            row = db.execute(f"SELECT * FROM jobs WHERE kind = ? AND project_id = ? AND status IN ({','.join('?' * len(joinable))})"
+                             " ORDER BY id LIMIT 1", (kind, project_id, *joinable)).fetchone()
             if row is not None:
                 return _job(row), False
             job_id = db.execute(
@@ -742,16 +754,19 @@ class Store:
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         with self._tx(serialize=False) as db:
             if job_id is None:
-                row = db.execute(f"SELECT id FROM jobs WHERE id = ({self._NEXT} LIMIT 1){skip_locked}", (kind, JobStatus.QUEUED)).fetchone()
+                # The status is checked again on the locked row: PostgreSQL re-reads a row another worker just
+                # committed, but not the subquery that picked it.
+                row = db.execute(f"SELECT id FROM jobs WHERE id = ({self._NEXT} LIMIT 1) AND status = ?{skip_locked}",
+                                 (kind, JobStatus.QUEUED, JobStatus.QUEUED)).fetchone()
             else:
                 row = db.execute(f"SELECT id FROM jobs WHERE id = ? AND kind = ? AND status = ?{skip_locked}",
                                  (job_id, kind, JobStatus.QUEUED)).fetchone()
             if row is None:
                 return None
             stamp = now()
-            db.execute("UPDATE jobs SET status = ?, started_at = ?, claimed_by = ?, heartbeat_at = ? WHERE id = ? AND status = ?",
-                       (JobStatus.RUNNING, stamp, claimed_by, stamp, row["id"], JobStatus.QUEUED))
-        return self.get_job(row["id"])
+            claimed = db.execute("UPDATE jobs SET status = ?, started_at = ?, claimed_by = ?, heartbeat_at = ? WHERE id = ? AND status = ?",
+                                 (JobStatus.RUNNING, stamp, claimed_by, stamp, row["id"], JobStatus.QUEUED)).rowcount
+        return self.get_job(row["id"]) if claimed else None
 
     # -- routing: decisions per ticket, and the audit of auto-routed ones ------------------------------------
     def routes(self, project_id: int, ticket_ids: Iterable[str]) -> dict[str, Route]:
@@ -765,23 +780,46 @@ class Store:
         return found
 
     def save_routes(self, routes: list[Route]) -> dict[str, Route]:
-        """Store decisions; a ticket id decided meanwhile (another replica) keeps its first decision. Returns what
-        is stored for each id."""
+        """Store decisions and count them per model version; a ticket id decided meanwhile (another replica) keeps
+        its first decision and is not counted again. Returns what is stored for each id."""
+        if not routes:
+            return {}
+        project_id = routes[0].project_id
         with self._tx() as db:
+            ids = [r.ticket_id for r in routes]
+            taken = {row["ticket_id"] for row in db.execute(
+                f"SELECT ticket_id FROM routes WHERE project_id = ? AND ticket_id IN ({','.join('?' * len(ids))})", (project_id, *ids))}
+            new = [r for r in routes if r.ticket_id not in taken]
             db.executemany("INSERT INTO routes(project_id, ticket_id, text_key, department, probability, model_version, decision, threshold,"
-                           " audit, reason, task_id, reviewed_department, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                           " ON CONFLICT(project_id, ticket_id) DO NOTHING",
+                           " audit, reason, text, top, task_id, reviewed_department, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            [(r.project_id, r.ticket_id, r.text_key, r.department, r.probability, r.model_version, r.decision, r.threshold,
-                             r.audit, r.reason, r.task_id, r.reviewed_department, r.created_at) for r in routes])
-        return self.routes(routes[0].project_id, [r.ticket_id for r in routes]) if routes else {}
+                             r.audit, r.reason, r.text, r.top, r.task_id, r.reviewed_department, r.created_at) for r in new])
+            for version in sorted({r.model_version for r in new}):
+                mine = [r for r in new if r.model_version == version]
+                auto = sum(r.decision == AUTO for r in mine)
+                db.execute("INSERT INTO route_stats(project_id, model_version, auto, review, audit_selected) VALUES (?, ?, ?, ?, ?)"
+                           " ON CONFLICT(project_id, model_version) DO UPDATE SET auto = route_stats.auto + excluded.auto,"
+                           " review = route_stats.review + excluded.review, audit_selected = route_stats.audit_selected + excluded.audit_selected",
+                           (project_id, version, auto, len(mine) - auto, sum(bool(r.audit) for r in mine)))
+        return self.routes(project_id, ids)
 
-    def set_route_task(self, project_id: int, ticket_id: str, task_id: int) -> None:
+    def routes_to_push(self, project_id: int, limit: int = 500) -> list[Route]:
+        """Routed tickets a person must see (review, or audit) that have no Label Studio task yet, oldest first."""
+        return [Route(**dict(row)) for row in self._read(
+            "SELECT * FROM routes WHERE project_id = ? AND task_id IS NULL AND (decision = 'review' OR audit = 1)"
+            " ORDER BY created_at, ticket_id LIMIT ?", (project_id, limit))]
+
+    def set_route_tasks(self, project_id: int, tasks: dict[str, int]) -> None:
+        """Ticket id -> the Label Studio task that now shows it."""
         with self._tx(serialize=False) as db:
-            db.execute("UPDATE routes SET task_id = ? WHERE project_id = ? AND ticket_id = ?", (task_id, project_id, ticket_id))
+            db.executemany("UPDATE routes SET task_id = ? WHERE project_id = ? AND ticket_id = ?",
+                           [(task_id, project_id, ticket_id) for ticket_id, task_id in tasks.items()])
 
     def record_review(self, project_id: int, task_id: int, department: str) -> Route | None:
         """People answered a routed ticket's task: the first answer is its review; for an audited one it counts
         towards its model version's realised precision. Returns the route, or None when the task is no route's."""
+        if not self._read("SELECT 1 FROM routes WHERE project_id = ? AND task_id = ?", (project_id, task_id)):
+            return None  # most labels: not a routed ticket, and no write transaction for them
         with self._tx() as db:
             row = db.execute("SELECT * FROM routes WHERE project_id = ? AND task_id = ?", (project_id, task_id)).fetchone()
             if row is None:
@@ -790,19 +828,54 @@ class Store:
                 db.execute("UPDATE routes SET reviewed_department = ? WHERE project_id = ? AND ticket_id = ?",
                            (department, project_id, row["ticket_id"]))
                 if row["audit"]:
-                    db.execute("INSERT INTO audits(project_id, model_version, audited, correct) VALUES (?, ?, 1, ?) ON CONFLICT"
-                               "(project_id, model_version) DO UPDATE SET audited = audits.audited + 1, correct = audits.correct + excluded.correct",
-                               (project_id, row["model_version"], int(department == row["department"])))
+                    db.execute("UPDATE route_stats SET audited = audited + 1, correct = correct + ? WHERE project_id = ? AND model_version = ?",
+                               (int(department == row["department"]), project_id, row["model_version"]))
             row = db.execute("SELECT * FROM routes WHERE project_id = ? AND task_id = ?", (project_id, task_id)).fetchone()
         return Route(**dict(row))
 
-    def audit_counts(self, project_id: int, model_version: str) -> tuple[int, int]:
-        rows = self._read("SELECT audited, correct FROM audits WHERE project_id = ? AND model_version = ?", (project_id, model_version))
-        return (int(rows[0]["audited"]), int(rows[0]["correct"])) if rows else (0, 0)
+    def reviews_from_labels(self, project_id: int, since_seq: int = 0) -> tuple[int, int]:
+        """Record as reviews the gold labels (newer than `since_seq`) of routed tasks not reviewed yet: labels a
+        reconcile pulled because their webhook never arrived. Returns (reviews recorded, the newest seq seen)."""
+        rows = self._read("SELECT l.task_id, l.department, l.seq FROM labels l JOIN routes r ON r.project_id = l.project_id AND r.task_id = l.task_id"
+                          " WHERE l.project_id = ? AND l.seq > ? AND r.reviewed_department IS NULL ORDER BY l.seq", (project_id, since_seq))
+        for row in rows:
+            self.record_review(project_id, row["task_id"], row["department"])
+        newest = self._read("SELECT MAX(seq) AS s FROM labels WHERE project_id = ?", (project_id,))[0]["s"] or 0
+        return len(rows), max(since_seq, int(newest))
 
-    def route_counts(self, project_id: int) -> dict[str, int]:
-        return {r["decision"]: int(r["n"]) for r in self._read("SELECT decision, COUNT(*) AS n FROM routes WHERE project_id = ?"
-                                                                " GROUP BY decision", (project_id,))}
+    def route_projects(self) -> list[int]:
+        return [int(row["project_id"]) for row in self._read("SELECT DISTINCT project_id FROM route_stats")]
+
+    def route_versions(self, project_id: int) -> list[str]:
+        """Versions of a project that routed tickets and still may auto-route."""
+        return [row["model_version"] for row in self._read("SELECT model_version FROM route_stats WHERE project_id = ? AND stopped_at IS NULL",
+                                                           (project_id,))]
+
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold `name` for `seconds` unless another owner holds it: one replica at a time does a piece of shared
+        work (pushing a project's routed tickets to Label Studio); a holder that died loses it when it expires."""
+        key = f"lease:{name}"
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                holder, _, until = row["value"].rpartition("|")
+                if holder != owner and float(until) > time.time():
+                    return False
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                       (key, f"{owner}|{time.time() + seconds}"))
+        return True
+
+    def route_stats(self, project_id: int, model_version: str) -> RouteStats:
+        rows = self._read("SELECT * FROM route_stats WHERE project_id = ? AND model_version = ?", (project_id, model_version))
+        return RouteStats(**dict(rows[0])) if rows else RouteStats(project_id, model_version)
+
+    def stop_auto_routing(self, project_id: int, model_version: str, reason: str) -> bool:
+        """Stop auto-routing with a version for good (True the first time)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO route_stats(project_id, model_version) VALUES (?, ?) ON CONFLICT(project_id, model_version) DO NOTHING",
+                       (project_id, model_version))
+            return db.execute("UPDATE route_stats SET stopped_at = ?, stop_reason = ? WHERE project_id = ? AND model_version = ?"
+                              " AND stopped_at IS NULL", (now(), reason, project_id, model_version)).rowcount == 1
 
     def jobs_to_enqueue(self, kind: str, enqueuer: str, stale_before: str) -> list[Job]:
         """Queued jobs no replica has handed to the queue yet (or whose hand-over is older than `stale_before`:
@@ -914,6 +987,8 @@ class Route:
     threshold: float | None
     audit: int
     reason: str | None
+    text: str | None  # kept only for tickets a person must see (review, or audit): their Label Studio tasks show it
+    top: str | None  # JSON [[department, probability], ...], the suggestions its task shows
     task_id: int | None
     reviewed_department: str | None
     created_at: str
@@ -922,6 +997,21 @@ class Route:
         return {"id": self.ticket_id, "department": self.department, "probability": round(self.probability, 6),
                 "model_version": self.model_version, "decision": self.decision, "threshold": self.threshold,
                 "audit": bool(self.audit), **({"reason": self.reason} if self.reason else {})}
+
+
+@dataclass
+class RouteStats:
+    """What a model version decided (auto, review, of which audited) and what the audits found."""
+
+    project_id: int
+    model_version: str
+    auto: int = 0
+    review: int = 0
+    audit_selected: int = 0
+    audited: int = 0
+    correct: int = 0
+    stopped_at: str | None = None
+    stop_reason: str | None = None
 
 
 def _current_seq(db) -> int:

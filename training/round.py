@@ -313,11 +313,12 @@ def next_version_name(store: Store, project_id: int) -> str:
 
 
 # -- 6. gate ----------------------------------------------------------------------------------------------------
-def evaluate(engine, adapter: str | None, name: str, departments, held_out, batch_size: int) -> dict:
+def evaluate(engine, adapter: str | None, name: str, departments, held_out, settings: Settings) -> dict:
+    """A version's report on the frozen split, with its auto-routing thresholds proven there."""
     from core.evaluation import evaluate as report
     from training.llm_scorer import LlmScorer
 
-    return report(LlmScorer(engine, name, departments, batch_size=batch_size, adapter=adapter), held_out)
+    return report(LlmScorer(engine, name, departments, batch_size=settings.predict_batch_size, adapter=adapter), held_out, settings.auto_routing())
 
 
 def gate(candidate: dict, serving: dict, tolerance: float) -> tuple[bool, str]:
@@ -414,12 +415,12 @@ def _round(store: Store, job_id: int, claimed_by: str, settings: Settings, confi
         FastLanguageModel.for_inference(model)
     model.eval()
     engine = LlmEngine(model, tokenizer, settings.max_seq_length)
-    candidate = evaluate(engine, "default", name, departments, held_out, settings.predict_batch_size)
+    candidate = evaluate(engine, "default", name, departments, held_out, settings)
     if parent_path:
         engine.load_adapter(parent_path, "serving")
-        serving = evaluate(engine, "serving", parent.name, departments, held_out, settings.predict_batch_size)
+        serving = evaluate(engine, "serving", parent.name, departments, held_out, settings)
     else:
-        serving = evaluate(engine, None, parent.name if parent else "base", departments, held_out, settings.predict_batch_size)
+        serving = evaluate(engine, None, parent.name if parent else "base", departments, held_out, settings)
     promote, reason = gate(candidate, serving, config.promote_tolerance)
     report = {**candidate, "serving_version": parent.name if parent else None, "serving_metrics": serving, "gate": reason}
     store.update_version(project_id, name, metrics=report, note=reason)
