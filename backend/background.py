@@ -2,7 +2,8 @@
 
 Tasks are keyed: submitting a key that is already waiting does nothing (a burst of 100 labels causes one refit,
 not 100), and a key submitted while it runs runs once more afterwards, after its delay (a periodic task that submits
-itself for later waits that long), so the last request is never lost.
+itself for later waits that long), so the last request is never lost. Periodic chores (``every``) do not count
+as work in progress: the service is idle when no one-off task is waiting or running.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Background:
         self._pending: dict[str, Callable[[], object]] = {}
         self._running: set[str] = set()
         self._rerun: dict[str, tuple[Callable[[], object], float]] = {}
+        self._periodic: set[str] = set()
         self._counter = 0
         self._stopped = False
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)]
@@ -41,6 +43,18 @@ class Background:
             self._counter += 1
             heapq.heappush(self._queue, (time.monotonic() + delay, self._counter, key))
             self._cond.notify()
+
+    def every(self, key: str, fn: Callable[[], object], seconds: float) -> None:
+        """Run `fn` every `seconds` (the first time after `seconds`), whether or not it failed the last time."""
+        def chore():
+            try:
+                fn()
+            finally:
+                self.submit(key, chore, delay=seconds)
+
+        with self._cond:
+            self._periodic.add(key)
+        self.submit(key, chore, delay=seconds)
 
     def _loop(self) -> None:
         while True:
@@ -67,15 +81,18 @@ class Background:
                 if again is not None:
                     self.submit(key, *again)
 
+    def _busy(self) -> bool:
+        return any(key not in self._periodic for _, _, key in self._queue) or bool(self._running - self._periodic)
+
     def idle(self) -> bool:
         with self._cond:
-            return not self._queue and not self._running
+            return not self._busy()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until nothing is queued or running (tests and command-line tools); False on timeout."""
+        """Block until no one-off task is queued or running (tests and command-line tools); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._running:
+            while self._busy():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

@@ -131,10 +131,7 @@ class LabelStudioSync:
             self._on_labels_changed(project_id)
         return counts
 
-    def reconcile_all_periodically(self) -> None:
-        try:
-            for project in self.store.projects():
-                if project.project_id != DEFAULT_PROJECT:
-                    self.reconcile(project.project_id)
-        finally:
-            self.background.submit("reconcile-all", self.reconcile_all_periodically, delay=self.settings.reconcile_seconds)
+    def reconcile_all(self) -> None:
+        for project in self.store.projects():
+            if project.project_id != DEFAULT_PROJECT:
+                self.reconcile(project.project_id)

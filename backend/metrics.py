@@ -85,3 +85,28 @@ class _StateCollector:
         for project in state["projects"]:
             failed.add_metric([str(project["project"])], float((project["last_refit"] or {}).get("status") == "failed"))
         yield failed
+        yield from self._auto_routing(state["projects"])
+
+    @staticmethod
+    def _auto_routing(projects: list[dict]):
+        """Per project and serving version: whether audits stopped auto-routing, the proven coverage, what was decided
+        and the confidence-sequence bounds on the realised precision (alert on stopped == 1)."""
+        stopped = GaugeMetricFamily("backend_auto_routing_stopped", "1 when audits showed the serving version below AUTO_ROUTE_PRECISION"
+                                    " and every ticket goes to review", labels=["project", "version"])
+        coverage = GaugeMetricFamily("backend_auto_routing_coverage", "share of calibration rows the version's thresholds route without a"
+                                     " person", labels=["project", "version"])
+        routed = GaugeMetricFamily("backend_routed_tickets", "tickets routed by POST /route", labels=["project", "version", "decision"])
+        bound = GaugeMetricFamily("backend_audit_precision_bound", "realised precision of audited auto-routed tickets: confidence-sequence"
+                                  " bounds", labels=["project", "version", "bound"])
+        for project in projects:
+            state = project.get("auto_routing") or {}
+            if "model_version" not in state:
+                continue
+            key = [str(project["project"]), state["model_version"]]
+            stopped.add_metric(key, float(state["state"] == "stopped"))
+            coverage.add_metric(key, state["coverage"] or 0.0)
+            for decision, n in state["routed"].items():
+                routed.add_metric([*key, decision], n)
+            for which in ("lower", "upper"):
+                bound.add_metric([*key, which], state["audit"][which])
+        yield from (stopped, coverage, routed, bound)

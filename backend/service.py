@@ -100,18 +100,13 @@ class Service:
         self.refits.start()
         if self.settings.base_model:
             threading.Thread(target=self._load_llm_then_train, name="load-llm", daemon=True).start()
-        self.background.submit("follow-registry", self._follow_registry, delay=REGISTRY_POLL_SECONDS)
+        # serve whatever the registry says serves: a promotion by a job, a rollback from the CLI
+        self.background.every("follow-registry", self.models.follow_registry, REGISTRY_POLL_SECONDS)
         if self.settings.reconcile_seconds > 0:
-            self.background.submit("reconcile-all", self.label_studio.reconcile_all_periodically, delay=self.settings.reconcile_seconds)
-        self.background.submit("route-sweep", self._sweep_routes, delay=ROUTE_SWEEP_SECONDS)
+            self.background.every("reconcile-all", self.label_studio.reconcile_all, self.settings.reconcile_seconds)
+        self.background.every("route-sweep", self.router.sweep, ROUTE_SWEEP_SECONDS)
         for job in self.store.jobs(kind=JobKind.PREANNOTATE, status=UNFINISHED):
             self.background.submit(f"preannotate-{job.project_id}", lambda job_id=job.id: self._run_preannotation(job_id))
-
-    def _sweep_routes(self) -> None:
-        try:
-            self.router.sweep()
-        finally:  # a failed sweep is logged by the background runner; the next one comes all the same
-            self.background.submit("route-sweep", self._sweep_routes, delay=ROUTE_SWEEP_SECONDS)
 
     def stop(self) -> None:
         self.background.stop()
@@ -307,15 +302,6 @@ class Service:
             if self.label_studio.client() is not None and job.project_id != DEFAULT_PROJECT:
                 self.request_preannotation(job.project_id, f"{job.version} was promoted")
         self._maybe_queue_training(job.project_id)
-
-    def _follow_registry(self) -> None:
-        """Serve whatever the registry says serves: a promotion by a job, a rollback from the CLI."""
-        try:
-            self.models.follow_registry()
-        except Exception:
-            log.exception("could not switch to the registry's serving versions")
-        finally:
-            self.background.submit("follow-registry", self._follow_registry, delay=REGISTRY_POLL_SECONDS)
 
     # -- dispatch without a person where the model is proven right often enough -----------------------------
     def route(self, body: dict) -> dict:

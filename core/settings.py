@@ -238,7 +238,7 @@ class TrainingConfig(EnvConfig):
     warmup_steps: int = setting("TRAIN_WARMUP_STEPS", 5, "linear warm-up steps")
     weight_decay: float = setting("TRAIN_WEIGHT_DECAY", 0.01, "AdamW weight decay")
     optimizer: str = setting("TRAIN_OPTIMIZER", "adamw_8bit", "optimizer on CUDA (8-bit AdamW from bitsandbytes); the CPU path uses adamw_torch")
-    micro_batch: int = setting("TRAIN_MICRO_BATCH", 0, "sequences per forward pass; 0 (auto): 8 on a GPU with at least 11 GiB free when the round starts (the same training as the recipe's 2 x 8 and 1.4-1.5x faster, for 1.9 GiB more), else the recipe's 2")
+    micro_batch: int = setting("TRAIN_MICRO_BATCH", 0, "sequences per forward pass; 0 (auto): 8 on a GPU with at least 11 GiB free when the round starts (the same training as the recipe's 2 x 8 and 1.5-2.0x faster on an H200 (BENCHMARKS.md section 2), for 1.9 GiB more), else the recipe's 2")
     grad_accumulation: int = setting("TRAIN_GRAD_ACCUMULATION", 0, "micro-batches per optimizer step; 0 (auto): 16 rows per step, i.e. 16 / TRAIN_MICRO_BATCH")
     pad_to_multiple_of: int = setting("TRAIN_PAD_TO_MULTIPLE_OF", 64, "batches hold tickets of similar length, padded to the longest rounded up to this (a few shapes for the compiled kernels); MAX_SEQ_LENGTH pads every row to full length, as the original recipe did")
     epochs: float = setting("TRAIN_EPOCHS", 1.0, "passes over the round's data (new labels + replay)")

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.classifier import Distribution
 from core.evaluation import evaluate
+from core.routing import AutoRouting
 from core.store import StoredLabel
 
 MIN_DF_FROM_DOCS = 200  # below this many documents a char n-gram seen once is still worth keeping
@@ -151,9 +152,12 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
 
 
 def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[StoredLabel], seed_texts: Mapping[str, str],
-                  max_text_chars: int = 20_000) -> tuple[_TfidfClassifier, dict]:
+                  max_text_chars: int = 20_000, routing: AutoRouting | None = None) -> tuple[_TfidfClassifier, dict]:
     """The instant model as the service fits it from its label store: the method is chosen on the labels' frozen
-    evaluation split, then refitted on every label of the departments served. Returns (classifier, metrics)."""
+    evaluation split, then refitted on every label of the departments served. Returns (classifier, metrics).
+
+    With `routing`, the metrics carry auto-routing thresholds proven on the split for the fit that never saw it;
+    the version served also learnt the split's rows, so for instant versions the audits are what check the promise."""
     known = set(departments)
     labels = [label for label in labels if label.department in known]
     train = [label for label in labels if label.split == "train"]
@@ -162,7 +166,7 @@ def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[Sto
         version, departments, train=([l.text for l in train], [l.department for l in train]),
         all_labels=([l.text for l in labels], [l.department for l in labels]),
         seed_texts={name: text for name, text in seed_texts.items() if name in known},
-        evaluate=lambda candidate: evaluate(candidate, held_out), max_text_chars=max_text_chars)
+        evaluate=lambda candidate: evaluate(candidate, held_out, routing), max_text_chars=max_text_chars)
     metrics = {**report[clf.method], "method": clf.method, "train_labels": len(train), "labels": len(labels),
                "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m != "chosen"}}
     return clf, metrics

@@ -69,7 +69,7 @@ def fit_version(store: Store, project_id: int, version: str, departments: Sequen
     seq = store.project_seq(project_id) if labels is None else 0  # the catalog's prototypes have seen no label
     started = time.perf_counter()
     clf, metrics = fit_on_labels(version, departments, store.labels(project_id) if labels is None else labels, seed_texts,
-                                 settings.max_text_chars)
+                                 settings.max_text_chars, settings.auto_routing())
     metrics["data"] = {"project_seq": seq, "train_labels": metrics.pop("train_labels"), "labels": metrics.pop("labels"),
                        "departments": len(departments), "departments_hash": departments_hash(departments),
                        "fit_seconds": round(time.perf_counter() - started, 3)}
