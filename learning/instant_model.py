@@ -74,27 +74,29 @@ class PrototypeClassifier(_TfidfClassifier):
     SEED_WEIGHT = 2.0  # the catalog's duties count as much as two average gold tickets
 
     def fit(self, texts: Sequence[str], labels: Sequence[str], seed_texts: Mapping[str, str]) -> PrototypeClassifier:
+        from scipy import sparse
         from sklearn.preprocessing import normalize
 
         index = {d: i for i, d in enumerate(self.departments)}
         pairs = [(t, y) for t, y in zip(self._clip(texts), labels) if y in index]
         seeds = [seed_texts.get(d) or d for d in self.departments]
         self._vectorizer = _vectorizer(len(pairs) + len(seeds)).fit(seeds + [t for t, _ in pairs])
-        prototypes = self.SEED_WEIGHT * normalize(self._vectorizer.transform(seeds)).toarray()
+        # Everything stays sparse: a dense departments x n-grams matrix is gigabytes at 549 departments and 10^5 labels.
+        prototypes = self.SEED_WEIGHT * normalize(self._vectorizer.transform(seeds))
         if pairs:
             gold = normalize(self._vectorizer.transform([t for t, _ in pairs]))
             rows = np.array([index[y] for _, y in pairs])
             counts = np.bincount(rows, minlength=len(self.departments)).astype(float)
-            sums = np.zeros_like(prototypes)
-            np.add.at(sums, rows, gold.toarray())
-            prototypes += sums / np.maximum(counts, 1.0)[:, None]
-        self._prototypes = normalize(prototypes).T
+            mean_of = sparse.csr_matrix((1.0 / counts[rows], (rows, np.arange(len(rows)))), shape=(len(self.departments), len(rows)))
+            prototypes = prototypes + mean_of @ gold  # each department's mean gold ticket
+        self._prototypes = normalize(prototypes).T.tocsr()  # n-grams x departments, laid out for the product below
         return self
 
     def _scores(self, features) -> np.ndarray:
         from sklearn.preprocessing import normalize
 
-        return np.asarray(normalize(features) @ self._prototypes)
+        scores = normalize(features) @ self._prototypes
+        return scores.toarray() if hasattr(scores, "toarray") else np.asarray(scores)  # dense: a model saved before 2026-12
 
 
 class LinearSvmClassifier(_TfidfClassifier):
