@@ -26,12 +26,15 @@ from core.routing import AutoRouting
 from core.store import StoredLabel
 
 MIN_DF_FROM_DOCS = 200  # below this many documents a char n-gram seen once is still worth keeping
+# The SVM's weights are departments x features, dense: the cap bounds a refit's memory whatever the texts (long
+# random ones, 10^6 labels). The dev sets have 117k-194k character n-grams, so it does not bind on them.
+MAX_FEATURES = 300_000
 
 
 def _vectorizer(n_docs: int):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True,
+    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, max_features=MAX_FEATURES,
                            min_df=2 if n_docs >= MIN_DF_FROM_DOCS else 1)
 
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from annotation_config.catalog import load_catalog
 from core.classifier import summarize
 from core.evaluation import classification_report
-from learning.instant_model import LinearSvmClassifier, PrototypeClassifier, fit_instant_model
+from learning.instant_model import MAX_FEATURES, LinearSvmClassifier, PrototypeClassifier, fit_instant_model
 from tests.helpers import SAMPLES
 
 CATALOG = load_catalog()
@@ -67,3 +68,16 @@ def test_long_tickets_are_cut_and_flagged():
     clf = PrototypeClassifier("v", CATALOG.names, max_text_chars=50).fit([], [], CATALOG.seed_texts())
     dist = clf.predict_proba(["噪音" * 100, "噪音"])
     assert dist.truncated.tolist() == [True, False]
+
+
+def test_a_refit_on_long_random_texts_stays_bounded_and_predicts_fast():
+    """Issue 15, item 7: labels of ~20,000 random CJK characters once took 40-196 s and 1.25-3.3 GB per refit, and
+    every /predict 1.2 s. Features are capped and the prototypes stay sparse, laid out for the product."""
+    rng = np.random.default_rng(0)
+    texts = ["".join(map(chr, rng.integers(0x4E00, 0x9FA5, 19_999))) for _ in range(8)]
+    labels = [CATALOG.names[i % 4] for i in range(8)]
+    for method in (PrototypeClassifier, LinearSvmClassifier):
+        clf = method("v", CATALOG.names, max_text_chars=20_000).fit(texts, labels, CATALOG.seed_texts())
+        assert len(clf._vectorizer.vocabulary_) <= MAX_FEATURES
+        assert summarize(clf.predict_proba([texts[3]]), CATALOG.names)[0].department == labels[3]
+    assert sparse.issparse(PrototypeClassifier("v", CATALOG.names).fit(texts, labels, {})._prototypes)
