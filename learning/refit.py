@@ -4,7 +4,8 @@
 
 1. claim the job            mark it running, with this process's pid
 2. read                     the project's departments and gold labels (its frozen evaluation split included)
-3. fit                      ``fit_on_labels``: the method chosen on the split, refitted on every label
+3. fit                      ``fit_on_labels``: the method chosen on the split (the serving version's method kept
+                            on near-ties), refitted on every label
 4. save                     the model into MODEL_DIR/projects/<project>/instant/<version>/, written to a temporary
                             folder and renamed when complete
 5. register                 the version with its scores; it serves unless ``keep_serving`` says the serving model
@@ -64,12 +65,14 @@ def next_version_name(store: Store, project_id: int) -> str:
 
 
 def fit_version(store: Store, project_id: int, version: str, departments: Sequence[str], seed_texts: Mapping[str, str],
-                settings: Settings, labels: Sequence[StoredLabel] | None = None):
-    """(classifier, metrics) of the project's labels (or of `labels`), with what the registry records about it."""
+                settings: Settings, labels: Sequence[StoredLabel] | None = None, serving: Version | None = None):
+    """(classifier, metrics) of the project's labels (or of `labels`), with what the registry records about it.
+    The `serving` version's method stays unless another is clearly better on the split (``fit_instant_model``)."""
     seq = store.project_seq(project_id) if labels is None else 0  # the catalog's prototypes have seen no label
     started = time.perf_counter()
     clf, metrics = fit_on_labels(version, departments, store.labels(project_id) if labels is None else labels, seed_texts,
-                                 settings.max_text_chars, settings.auto_routing())
+                                 settings.max_text_chars, serving_method=serving.metrics.get("method") if serving else None,
+                                 routing=settings.auto_routing())
     metrics["data"] = {"project_seq": seq, "train_labels": metrics.pop("train_labels"), "labels": metrics.pop("labels"),
                        "departments": len(departments), "departments_hash": departments_hash(departments),
                        "fit_seconds": round(time.perf_counter() - started, 3)}
@@ -128,7 +131,8 @@ def run_refit(job_id: int, claimed_by: str, settings: Settings) -> str:
             raise RuntimeError(f"project {project_id} has no labeling config yet")
         serving = store.serving_version(project_id, ModelKind.INSTANT)
         version = next_version_name(store, project_id)
-        clf, metrics = fit_version(store, project_id, version, project.departments, seed_texts(settings, project_id), settings)
+        clf, metrics = fit_version(store, project_id, version, project.departments, seed_texts(settings, project_id), settings,
+                                   serving=serving)
         registered = register(store, settings, project_id, clf, metrics, parent=serving.name if serving else None, promote=False)
         store.update_job(job_id, progress={"phase": "done", "labels": registered.data["labels"], "fit_seconds": registered.data["fit_seconds"]})
         promoted = store.promote_for_job(job_id, claimed_by, project_id, version)

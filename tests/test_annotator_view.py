@@ -1,7 +1,7 @@
 """What the backend writes for the annotator's screen: task fields, the queue tab, people's names."""
 from __future__ import annotations
 
-from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorView, queue_tab
+from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorView, least_confidence, queue_tab
 from core.classifier import TicketPrediction
 from core.labeling import parse_label_config
 from core.people import AnnotatorDirectory
@@ -16,11 +16,11 @@ def test_the_task_gets_its_suggestion_row_and_its_place_in_the_queue():
     data = AnnotatorView(lambda: None).task_data(SPACE, {"text": "路口积水", "source": "hotline"}, PREDICTION)
     assert data == {"text": "路口积水", "source": "hotline", "suggestion_1": "市水务局", "suggestion_2": "市自来水公司",
                     "suggestion_3": "市城市管理综合执法局", "suggestion_probabilities": "55% · 35% · 4%",
-                    SUGGESTED_FIELD: "市水务局", PRIORITY_FIELD: 0.55}
+                    SUGGESTED_FIELD: "市水务局", PRIORITY_FIELD: 0.2}  # margin sampling: 0.55 - 0.35
     assert SPACE.prediction_result(PREDICTION.department, PREDICTION.top, data)[0]["from_name"] == "suggestion"
     # Another strategy plugs in its own order; the score shown to annotators stays the model's probability.
-    by_margin = AnnotatorView(lambda: None, priority=lambda p: p.margin).task_data(SPACE, {"text": "路口积水"}, PREDICTION)
-    assert by_margin[PRIORITY_FIELD] == 0.2
+    by_score = AnnotatorView(lambda: None, priority=least_confidence).task_data(SPACE, {"text": "路口积水"}, PREDICTION)
+    assert by_score[PRIORITY_FIELD] == 0.55
 
 
 def test_the_queue_tab_shows_what_an_annotator_needs_in_priority_order():

@@ -183,8 +183,9 @@ def test_an_annotator_labels_the_queue_with_few_actions(label_studio, start_back
     assert next(v for v in views if v["id"] == mine["id"])["data"] == mine["data"]
     tab = tabs[0]["id"]
     queue = label_studio.api("GET", "/api/tasks", params={"project": project_id, "view": tab, "fields": "all"}).json()["tasks"]
-    scores = [t["predictions_score"] for t in queue]
-    assert [t["data"][PRIORITY_FIELD] for t in queue] == pytest.approx(scores) and scores == sorted(scores)
+    priorities = [t["data"][PRIORITY_FIELD] for t in queue]  # margin sampling: top-1 minus top-2 probability
+    assert priorities == sorted(priorities)
+    assert all(0 <= p <= t["predictions_score"] + 1e-6 for p, t in zip(priorities, queue))
     assert all(t["data"][SUGGESTED_FIELD] == t["data"][SPACE.suggestion_keys[0]] for t in queue)
     gold = {t["text"]: t["department"] for t in tickets}
 

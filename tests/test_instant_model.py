@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import sparse
 
 from annotation_config.catalog import load_catalog
 from core.classifier import summarize
 from core.evaluation import classification_report
-from learning.instant_model import MAX_FEATURES, LinearSvmClassifier, PrototypeClassifier, fit_instant_model
+from learning.instant_model import MAX_FEATURES, NEAR_TIE_F1, LinearSvmClassifier, PrototypeClassifier, fit_instant_model
 from tests.helpers import SAMPLES
 
 CATALOG = load_catalog()
@@ -54,6 +55,30 @@ def test_the_better_method_on_the_evaluation_split_is_chosen():
     assert report["chosen"] == clf.method == best
     no_eval, report = fit_instant_model("v", CATALOG.names, none, none, CATALOG.seed_texts(), lambda clf: {"macro_f1": None})
     assert no_eval.method == "prototype"
+
+
+@pytest.mark.parametrize("serving, challenger_lead, chosen", [
+    (None, 0.0016, "prototype"),  # nothing serves yet: the better one, however slightly
+    ("svm", 0.0016, "svm"),  # a near-tie (0.2294 against 0.2278 on 60-130 rows) keeps the serving method
+    ("svm", NEAR_TIE_F1, "svm"),
+    ("svm", NEAR_TIE_F1 + 0.005, "prototype"),  # a clear lead replaces it
+    ("prototype", -0.0016, "prototype"),
+])
+def test_the_serving_method_is_replaced_only_by_a_clearly_better_one(serving, challenger_lead, chosen):
+    scores = {"prototype": 0.2278 + challenger_lead, "svm": 0.2278}
+    none = ([], [])
+    clf, report = fit_instant_model("v", CATALOG.names, none, none, CATALOG.seed_texts(), lambda c: {"macro_f1": scores[c.method]},
+                                    serving_method=serving)
+    assert report["chosen"] == clf.method == chosen
+
+
+def test_the_same_labels_give_the_same_svm():
+    names = ("甲单位", "乙单位", "丙单位")
+    texts = [f"{w}问题第{i}次反映" for i in range(10) for w in ("路灯", "噪音", "积水")]
+    labels = [n for _ in range(10) for n in names]
+    first, second = (LinearSvmClassifier("v", names).fit(texts, labels, {}) for _ in range(2))
+    probe = ["路灯又坏了", "夜里噪音很大"]
+    np.testing.assert_array_equal(first.predict_proba(probe).probs, second.predict_proba(probe).probs)
 
 
 def test_the_served_model_is_refitted_on_every_label_after_the_choice():

@@ -1,12 +1,16 @@
 """The instant model's full refits run in a worker process and can never take serving down: a refit that fails
 leaves the last good model answering (and says so in /status and /metrics); a start whose saved model cannot be
-loaded answers from the catalog's prototypes, says so, and refits."""
+loaded answers from the catalog's prototypes, says so, and refits; a refit keeps the serving method on near-ties."""
 from __future__ import annotations
 
 import json
 import shutil
 
 from backend.app import create_app
+from core.jobs import JobKind, ModelKind
+from core.labeling import parse_label_config
+from core.store import Label, open_store
+from learning import refit
 from tests.helpers import LABEL_CONFIG, SAMPLES, annotation_event, predict_body, wait_until
 
 
@@ -69,3 +73,20 @@ def test_a_start_whose_saved_model_cannot_be_loaded_answers_from_the_catalog_and
                what="a refit on the project's labels")
     assert service.store.get_version(1, service.models.serving_version(1)).data["labels"] == 10
     service.stop()
+
+
+def test_a_refit_tells_the_method_choice_which_method_serves(settings, monkeypatch):
+    """The hysteresis of ``fit_instant_model`` needs the serving version's method: the refit worker passes it in."""
+    store = open_store(settings)
+    store.remember_project(1, LABEL_CONFIG, parse_label_config(LABEL_CONFIG).departments)
+    for i, sample in enumerate(SAMPLES[:10], start=1):
+        store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=sample["text"], department=sample["department"]))
+    store.add_version(1, "instant-1", ModelKind.INSTANT, status="candidate", metrics={"method": "svm"})
+    store.promote_version(1, "instant-1")
+    asked = []
+    fit = refit.fit_on_labels
+    monkeypatch.setattr(refit, "fit_on_labels", lambda *args, **kwargs: asked.append(kwargs["serving_method"]) or fit(*args, **kwargs))
+    job, _ = store.request_job(JobKind.REFIT, "test", 1)
+    refit.run_refit(job.id, "test-worker", settings)
+    assert asked == ["svm"]
+    assert store.serving_version(1, ModelKind.INSTANT).name == "instant-2"

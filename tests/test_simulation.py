@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
-from tools.simulation import CurvePoint, compare_to_random, main, mean_curves
+from tools.simulation import CurvePoint, compare_to_random, main, mean_curves, print_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 KEYWORDS = {
     "上海市水务局": ["自来水", "停水", "水压低", "水管漏水"],
@@ -53,8 +59,11 @@ def run(tmp_path_factory):
 def test_the_run_writes_the_curve_the_plot_and_the_summary(run):
     code, out, rows = run
     assert code == 0
-    assert list(rows[0]) == ["strategy", "seed", "labels", "accuracy", "macro_f1", "seconds"]
+    assert list(rows[0]) == ["strategy", "seed", "labels", "accuracy", "macro_f1"]
     assert len(rows) == len(STRATEGIES) * 2 * len(CHECKPOINTS)  # every seed's rows are kept
+    with (out / "refit_seconds.csv").open(encoding="utf-8") as f:
+        timings = list(csv.DictReader(f))
+    assert list(timings[0]) == ["strategy", "seed", "labels", "seconds"] and len(timings) == len(rows)
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,7 +95,9 @@ def test_the_summary_compares_every_strategy_with_random_order(run):
     assert summary["pool"] == 160 and summary["eval_tickets"] == 80 and summary["departments"] == 4
     assert set(summary["strategies"]) == set(STRATEGIES)
     for row in summary["strategies"].values():
-        assert {"final_accuracy", "final_macro_f1", "labels_to_reach_random_final_accuracy", "label_saving_percent"} <= set(row)
+        assert {"final_accuracy", "final_accuracy_std", "final_macro_f1", "final_macro_f1_std", "labels_to_reach_random_final_accuracy",
+                "label_saving_percent"} <= set(row)
+        assert row["seeds"] == 2
     random_row = summary["strategies"]["random"]
     assert random_row["final_accuracy"] == summary["random_final_accuracy"]
     assert random_row["labels_to_reach_random_final_accuracy"] in CHECKPOINTS
@@ -106,6 +117,37 @@ def test_labels_needed_and_saving_come_from_the_mean_curves():
     assert comparison["entropy"]["labels_to_reach_random_final_accuracy"] is None
     assert comparison["entropy"]["label_saving_percent"] is None
     assert comparison["margin"]["final_accuracy"] == pytest.approx(0.9)
+    assert comparison["margin"]["final_accuracy_std"] == pytest.approx(0.04 / 2**0.5, abs=1e-4)  # seeds at 0.88 and 0.92, rounded
+
+
+def test_a_curve_that_crosses_random_and_falls_back_has_not_reached_it(capsys):
+    def curve(name, accuracies):
+        return [CurvePoint(name, seed, n, a, 0.5, 0.1) for seed in (0, 1) for n, a in zip((100, 200, 300, 400), accuracies)]
+
+    # It touches random's final 0.70 at 200 labels (the first crossing), then ends below it.
+    points = curve("random", [0.5, 0.6, 0.65, 0.7]) + curve("least-confidence", [0.55, 0.72, 0.66, 0.69]) \
+        + curve("margin", [0.55, 0.71, 0.69, 0.71])
+    comparison = compare_to_random(mean_curves(points))
+    assert comparison["least-confidence"]["labels_to_reach_random_final_accuracy"] is None
+    assert comparison["least-confidence"]["label_saving_percent"] is None
+    assert comparison["margin"]["labels_to_reach_random_final_accuracy"] == 400  # from 400 on, not from its first crossing at 200
+    print_table(comparison)
+    assert "| least-confidence | 400 | 0.690 ± 0.000 | 0.500 ± 0.000 | not reached | - |" in capsys.readouterr().out
+
+
+def test_the_same_replay_gives_the_same_curve_whatever_the_hash_seed(tmp_path):
+    """Two processes with different string hashing (set and dict order) write the same learning_curve.csv."""
+    write_jsonl(tmp_path / "train.jsonl", tickets(15, seed=1))
+    write_jsonl(tmp_path / "eval.jsonl", tickets(5, seed=2))
+    curves = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"out-{hash_seed}"
+        subprocess.run([sys.executable, "-m", "backend", "simulate", "--train", str(tmp_path / "train.jsonl"), "--eval",
+                        str(tmp_path / "eval.jsonl"), "--out", str(out), "--initial", "8", "--step", "16", "--budget", "40",
+                        "--seeds", "0", "1", "--strategies", "random", "margin"],
+                       cwd=REPO, env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True, capture_output=True)
+        curves.append((out / "learning_curve.csv").read_bytes())
+    assert curves[0] == curves[1]
 
 
 def test_a_missing_evaluation_file_is_refused_with_its_name(tmp_path, capsys):

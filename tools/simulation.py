@@ -6,9 +6,11 @@ Every strategy starts from the same seeded random batch of labels. Then, until t
 fitted on the labels so far, scored on the separate evaluation file, asked for its distribution over the
 remaining pool, and the strategy picks the next step of tickets, whose true labels are added. The learning curves
 show how many labels each strategy needs for an accuracy; the summary says how many fewer than random order.
+A replay is deterministic: the same files, options and seeds give the same learning_curve.csv, byte for byte.
 
 The instant model is fitted exactly as the service fits it (a label store that freezes its own selection split,
-``learning.instant_model.fit_on_labels``), with only the department names as catalog seeds.
+``learning.instant_model.fit_on_labels``, the serving method kept on near-ties), with only the department names as
+catalog seeds.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ from learning.strategies import STRATEGIES, strategy
 
 DEFAULT_STRATEGIES = ("random", "least-confidence", "margin", "entropy", "balanced-margin")
 REFERENCE = "random"
-CSV_COLUMNS = ("strategy", "seed", "labels", "accuracy", "macro_f1", "seconds")
+CSV_COLUMNS = ("strategy", "seed", "labels", "accuracy", "macro_f1")
+TIMING_COLUMNS = ("strategy", "seed", "labels", "seconds")  # apart, so the learning curve itself is reproducible
 PROJECT = 1  # the throwaway store holds one project
 
 
@@ -129,12 +132,14 @@ class InstantModel:
 
     def __init__(self, departments: Sequence[str]):
         self._project = _ThrowawayProject(departments, Settings())
+        self._serving_method: str | None = None
 
     def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
         project = self._project
         project.annotate(texts, labels)
         clf, _ = fit_on_labels(f"simulation-{project.store.label_seq()}", project.space.departments, project.store.labels(PROJECT),
-                               project.catalog.seed_texts(), project.settings.max_text_chars)
+                               project.catalog.seed_texts(), project.settings.max_text_chars, serving_method=self._serving_method)
+        self._serving_method = clf.method
         return clf
 
     def close(self) -> None:
@@ -277,6 +282,13 @@ class MeanCurve:
     labels: list[int]
     accuracy: list[float]
     macro_f1: list[float]
+    accuracy_std: list[float]  # over seeds (sample standard deviation; 0 for one seed)
+    macro_f1_std: list[float]
+    seeds: int
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def mean_curves(points: Sequence[CurvePoint]) -> dict[str, MeanCurve]:
@@ -287,20 +299,32 @@ def mean_curves(points: Sequence[CurvePoint]) -> dict[str, MeanCurve]:
     curves = {}
     for name, counts in by_count.items():
         labels = sorted(counts)
-        curves[name] = MeanCurve(labels, [float(np.mean([p.accuracy for p in counts[n]])) for n in labels],
-                                 [float(np.mean([p.macro_f1 for p in counts[n]])) for n in labels])
+        accuracy = [[p.accuracy for p in counts[n]] for n in labels]
+        macro_f1 = [[p.macro_f1 for p in counts[n]] for n in labels]
+        curves[name] = MeanCurve(labels, [float(np.mean(a)) for a in accuracy], [float(np.mean(f)) for f in macro_f1],
+                                 [_std(a) for a in accuracy], [_std(f) for f in macro_f1], seeds=len(counts[labels[-1]]))
     return curves
 
 
 def labels_to_reach(curve: MeanCurve, accuracy: float) -> int | None:
-    return next((n for n, a in zip(curve.labels, curve.accuracy) if a >= accuracy), None)
+    """The first label count from which the mean curve stays at or above `accuracy` to the end; None if it ends below.
+
+    Not the first crossing: a noisy curve can touch the target early and fall back, and a strategy that ends
+    below random order must not be reported as saving labels."""
+    reached = None
+    for n, a in zip(reversed(curve.labels), reversed(curve.accuracy)):
+        if a < accuracy:
+            break
+        reached = n
+    return reached
 
 
 def compare_to_random(curves: dict[str, MeanCurve]) -> dict[str, dict]:
-    """Final scores per strategy, and how many labels it needs to reach random order's final accuracy.
+    """Final scores per strategy (mean and standard deviation over seeds), and how many labels it needs to reach
+    random order's final mean accuracy for good.
 
-    The saving is measured against the labels random order itself first reaches that accuracy with (its mean
-    curve can touch its final value before the end)."""
+    The saving is measured against the labels random order itself needs by the same rule (its mean curve can
+    stay above its final value before the end)."""
     reference = curves.get(REFERENCE)
     target = reference.accuracy[-1] if reference else None
     reference_labels = labels_to_reach(reference, target) if reference else None
@@ -308,20 +332,31 @@ def compare_to_random(curves: dict[str, MeanCurve]) -> dict[str, dict]:
     for name, curve in curves.items():
         needed = labels_to_reach(curve, target) if reference else None
         out[name] = {
+            "seeds": curve.seeds,
             "final_labels": curve.labels[-1],
             "final_accuracy": round(curve.accuracy[-1], 4),
+            "final_accuracy_std": round(curve.accuracy_std[-1], 4),
             "final_macro_f1": round(curve.macro_f1[-1], 4),
+            "final_macro_f1_std": round(curve.macro_f1_std[-1], 4),
             "labels_to_reach_random_final_accuracy": needed,
             "label_saving_percent": round(100 * (1 - needed / reference_labels), 1) if needed is not None else None,
         }
     return out
 
 
-def write_curve_csv(points: Sequence[CurvePoint], path: Path) -> None:
+def _write_csv(rows: Sequence[CurvePoint], columns: Sequence[str], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(asdict(p) for p in points)
+        writer.writerows(asdict(p) for p in rows)
+
+
+def write_curve_csv(points: Sequence[CurvePoint], path: Path) -> None:
+    _write_csv(points, CSV_COLUMNS, path)
+
+
+def write_timing_csv(points: Sequence[CurvePoint], path: Path) -> None:
+    _write_csv(points, TIMING_COLUMNS, path)
 
 
 def plot_learning_curves(curves: dict[str, MeanCurve], path: Path, title: str) -> None:
@@ -350,12 +385,14 @@ def plot_learning_curves(curves: dict[str, MeanCurve], path: Path, title: str) -
 
 
 def print_table(comparison: dict[str, dict]) -> None:
-    print("\n| strategy | labels | accuracy | macro-F1 | labels to reach random's final accuracy | saving |\n|---|---|---|---|---|---|")
+    print("\n| strategy | labels | accuracy (mean ± std over seeds) | macro-F1 | labels to reach random's final accuracy "
+          "and stay there | saving |\n|---|---|---|---|---|---|")
     for name, row in comparison.items():
         needed = row["labels_to_reach_random_final_accuracy"]
         saving = row["label_saving_percent"]
-        print(f"| {name} | {row['final_labels']} | {row['final_accuracy']:.4f} | {row['final_macro_f1']:.4f} | "
-              f"{needed if needed is not None else 'never'} | {f'{saving:.1f} %' if saving is not None else '-'} |")
+        print(f"| {name} | {row['final_labels']} | {row['final_accuracy']:.3f} ± {row['final_accuracy_std']:.3f} | "
+              f"{row['final_macro_f1']:.3f} ± {row['final_macro_f1_std']:.3f} | {needed if needed is not None else 'not reached'} | "
+              f"{f'{saving:.1f} %' if saving is not None else '-'} |")
 
 
 # -- command line -----------------------------------------------------------------------------------------------
@@ -363,9 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend simulate", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="writes into --out: learning_curve.csv (one row per strategy, seed and refit; seconds = refit time),\n"
-               "learning_curve.png (accuracy and macro-F1 against labels, mean over seeds) and summary.json\n"
-               "(final scores, labels needed to reach random order's final accuracy, saving in percent).")
+        epilog="writes into --out: learning_curve.csv (one row per strategy, seed and refit; the same for the same\n"
+               "inputs), refit_seconds.csv (the time of each refit), learning_curve.png (accuracy and macro-F1\n"
+               "against labels, mean over seeds) and summary.json (final scores, mean and std over seeds; labels\n"
+               "from which the mean accuracy stays at random order's final mean accuracy; saving in percent).")
     parser.add_argument("--train", type=Path, required=True, metavar="PATH", help="labelled JSONL (text, label): the pool annotators label from")
     parser.add_argument("--eval", type=Path, required=True, metavar="PATH",
                         help="labelled JSONL (text, label) every refit is scored on; never labelled")
@@ -414,6 +452,7 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare_to_random(curves)
     args.out.mkdir(parents=True, exist_ok=True)
     write_curve_csv(points, args.out / "learning_curve.csv")
+    write_timing_csv(points, args.out / "refit_seconds.csv")
     plot_learning_curves(curves, args.out / "learning_curve.png",
                          f"Labelling order by query strategy: {args.model} model, {len(departments)} departments, pool of "
                          f"{len(train)} tickets, {len(evaluation)} evaluation tickets, mean over {len(args.seeds)} seed(s)")
@@ -423,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
                "random_final_accuracy": comparison.get(REFERENCE, {}).get("final_accuracy"), "strategies": comparison}
     (args.out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     print_table(comparison)
-    print(f"\nwritten to {args.out}/: learning_curve.csv, learning_curve.png, summary.json")
+    print(f"\nwritten to {args.out}/: learning_curve.csv, refit_seconds.csv, learning_curve.png, summary.json")
     return 0
 
 
