@@ -171,22 +171,42 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
 
 def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[StoredLabel], seed_texts: Mapping[str, str],
                   max_text_chars: int = 20_000, serving_method: str | None = None,
-                  routing: AutoRouting | None = None) -> tuple[_TfidfClassifier, dict]:
+                  routing: AutoRouting | None = None, max_train_labels: int | None = None) -> tuple[_TfidfClassifier, dict]:
     """The instant model as the service fits it from its label store: the method is chosen on the labels' frozen
     evaluation split (the `serving_method` kept on near-ties), then refitted on every label of the departments
     served. Returns (classifier, metrics).
 
     With `routing`, the metrics carry auto-routing thresholds proven on the split for the fit that never saw it;
-    the version served also learnt the split's rows, so for instant versions the audits are what check the promise."""
+    the version served also learnt the split's rows, so for instant versions the audits are what check the promise.
+
+    With `max_train_labels`, at most that many training labels are fitted (`newest_per_department`): a refit costs
+    ~N^1.35 and a history of 10^5 labels would take the better part of an hour on two cores."""
     known = set(departments)
     labels = [label for label in labels if label.department in known]
     train = [label for label in labels if label.split == "train"]
     held_out = [label for label in labels if label.split == "eval"]
+    stored = len(labels)
+    if max_train_labels is not None and len(train) > max_train_labels:
+        train = newest_per_department(train, max_train_labels)
+        labels = train + held_out
     clf, report = fit_instant_model(
         version, departments, train=([l.text for l in train], [l.department for l in train]),
         all_labels=([l.text for l in labels], [l.department for l in labels]),
         seed_texts={name: text for name, text in seed_texts.items() if name in known},
         evaluate=lambda candidate: evaluate(candidate, held_out, routing), max_text_chars=max_text_chars, serving_method=serving_method)
-    metrics = {**report[clf.method], "method": clf.method, "train_labels": len(train), "labels": len(labels),
+    metrics = {**report[clf.method], "method": clf.method, "train_labels": len(train), "labels": stored, "fitted_labels": len(labels),
                "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m != "chosen"}}
     return clf, metrics
+
+
+def newest_per_department(labels: Sequence[StoredLabel], limit: int) -> list[StoredLabel]:
+    """At most `limit` labels, taken round-robin over the departments, newest first within each: every department
+    keeps its newest labels however rare it is, and within a department recent labels (today's duties and wording)
+    win over old ones."""
+    by_department: dict[str, list[StoredLabel]] = {}
+    for label in sorted(labels, key=lambda l: l.seq, reverse=True):
+        by_department.setdefault(label.department, []).append(label)
+    ranked = sorted(((rank, -label.seq, label) for group in by_department.values() for rank, label in enumerate(group)),
+                    key=lambda item: item[:2])
+    return [label for _, _, label in ranked[:limit]]
+

@@ -72,7 +72,7 @@ def fit_version(store: Store, project_id: int, version: str, departments: Sequen
     started = time.perf_counter()
     clf, metrics = fit_on_labels(version, departments, store.labels(project_id) if labels is None else labels, seed_texts,
                                  settings.max_text_chars, serving_method=serving.metrics.get("method") if serving else None,
-                                 routing=settings.auto_routing())
+                                 routing=settings.auto_routing(), max_train_labels=settings.instant_max_labels)
     metrics["data"] = {"project_seq": seq, "train_labels": metrics.pop("train_labels"), "labels": metrics.pop("labels"),
                        "departments": len(departments), "departments_hash": departments_hash(departments),
                        "fit_seconds": round(time.perf_counter() - started, 3)}

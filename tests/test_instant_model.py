@@ -8,7 +8,16 @@ from scipy import sparse
 from annotation_config.catalog import load_catalog
 from core.classifier import summarize
 from core.evaluation import classification_report
-from learning.instant_model import MAX_FEATURES, NEAR_TIE_F1, LinearSvmClassifier, PrototypeClassifier, fit_instant_model
+from core.store import StoredLabel
+from learning.instant_model import (
+    MAX_FEATURES,
+    NEAR_TIE_F1,
+    LinearSvmClassifier,
+    PrototypeClassifier,
+    fit_instant_model,
+    fit_on_labels,
+    newest_per_department,
+)
 from tests.helpers import SAMPLES
 
 CATALOG = load_catalog()
@@ -106,3 +115,15 @@ def test_a_refit_on_long_random_texts_stays_bounded_and_predicts_fast():
         assert len(clf._vectorizer.vocabulary_) <= MAX_FEATURES
         assert summarize(clf.predict_proba([texts[3]]), CATALOG.names)[0].department == labels[3]
     assert sparse.issparse(PrototypeClassifier("v", CATALOG.names).fit(texts, labels, {})._prototypes)
+
+
+def test_a_capped_refit_keeps_every_departments_newest_labels():
+    """Issue 16: a refit on a 10^5-label history is bounded (INSTANT_MAX_LABELS); a rare department is not crowded out."""
+    labels = [StoredLabel(annotation_id=i, project_id=1, task_id=i, text=f"路灯{i}", department="甲" if i % 10 else "乙", seq=i)
+              for i in range(1, 101)]
+    kept = newest_per_department(labels, 20)
+    assert len(kept) == 20
+    assert [l.seq for l in kept if l.department == "乙"] == [100, 90, 80, 70, 60, 50, 40, 30, 20, 10]
+    assert [l.seq for l in kept if l.department == "甲"] == [99, 98, 97, 96, 95, 94, 93, 92, 91, 89]
+    _, metrics = fit_on_labels("v", ["甲", "乙"], labels, {}, max_train_labels=20)
+    assert metrics["labels"] == 100 and metrics["fitted_labels"] == 20
