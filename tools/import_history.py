@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from annotation_config.catalog import CatalogError, load_catalog
 from core.labeling import LabelConfigError, parse_label_config
@@ -56,7 +57,7 @@ SKIPS = {
     "empty_text": "empty ticket text",
     "text_too_long": "ticket text longer than MAX_TEXT_CHARS",
     "unknown_department": "department empty or not one of the project's (names and catalog aliases)",
-    "duplicate_id": "same ticket id as an earlier row",
+    "duplicate_id": "same ticket id as an earlier row that was kept",
 }
 _SPACE = re.compile(r"\s+")
 
@@ -390,8 +391,6 @@ def main(argv: list[str] | None = None) -> int:
         lookup = project_lookup(settings, store, args.project)
         table = open_table(args.file, args.encoding, args.sheet)
         columns = choose_columns(table.columns, args.text_field, args.department_field, args.id_field)
-        from tqdm import tqdm
-
         started = time.monotonic()
         with tqdm(total=table.total, unit=table.unit, unit_scale=True, desc=args.file.name, disable=None) as bar:
             report = import_history(store, args.project, table, lookup, columns, settings.max_text_chars, args.dry_run,
