@@ -14,7 +14,7 @@ import pytest
 from core.labeling import parse_label_config
 from core.store import HISTORY, Store
 from tests.helpers import LABEL_CONFIG, SAMPLES, repo_root
-from tools.import_history import CHUNK_ROWS, SeenIds, detect_encoding, history_id, main
+from tools.import_history import CHUNK_ROWS, DETECT_BYTES, SeenIds, detect_encoding, history_id, main
 
 PROJECT = 3
 
@@ -94,6 +94,27 @@ def test_csv_in_gb18030_with_aliases_and_bad_rows_reported_not_stored(model_dir,
     assert len(departments) == 6 and not any(b["诉求内容"] in departments for b in bad)
     out = capsys.readouterr().out
     assert "区街道办事处（已撤销）" in out and "skipped: 5" in out
+
+
+def test_utf8_csv_with_a_byte_order_mark_and_no_id_column(model_dir, tmp_path):
+    path = tmp_path / "past.csv"
+    with path.open("w", encoding="utf-8-sig", newline="") as f:  # what Excel writes as "CSV UTF-8"
+        writer = csv.writer(f)
+        writer.writerow(["text", "department"])
+        writer.writerows([(s["text"], s["department"]) for s in SAMPLES[:5]] + [(SAMPLES[0]["text"], SAMPLES[0]["department"])])
+    code, report = run(model_dir, path)
+    assert code == 0 and report["encoding"] == "utf-8-sig" and report["columns"] == {"text": "text", "department": "department", "id": None}
+    assert report["imported"] == 5 and report["skipped"] == {"duplicate_id": 1}  # without ids, a repeated text is the same ticket
+
+
+def test_a_file_unreadable_part_way_keeps_the_rows_before_and_says_so(model_dir, tmp_path, capsys):
+    path = tmp_path / "past.csv"
+    good = [f"GD{i},{SAMPLES[i % len(SAMPLES)]['text']}（{i}）,{SAMPLES[i % len(SAMPLES)]['department']}\n" for i in range(12_000)]
+    assert len("".join(good).encode()) > DETECT_BYTES  # the start decides UTF-8; a GB18030 row comes after it
+    path.write_bytes(("工单编号,诉求内容,承办单位\n" + "".join(good)).encode() + "GDX,噪音扰民,市公安局\n".encode("gb18030"))
+    assert main([str(path), "--project", str(PROJECT)]) == 2
+    assert "could not be read to the end: line 12002 is not utf-8-sig text" in capsys.readouterr().err
+    assert stored(model_dir).count_labels(PROJECT) == 12_000
 
 
 def test_xlsx_with_numeric_ids_and_a_named_sheet(model_dir, tmp_path):

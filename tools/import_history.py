@@ -17,7 +17,6 @@ import argparse
 import codecs
 import csv
 import hashlib
-import io
 import json
 import re
 import sys
@@ -27,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -125,14 +125,31 @@ def detect_encoding(sample: bytes) -> str:
         return "gb18030"
 
 
-def _text_file(path: Path, encoding: str) -> tuple[io.TextIOWrapper, str]:
+class UnreadableFile(ValueError):
+    """The file stops being readable part-way (a line in another encoding, broken CSV quoting)."""
+
+
+@dataclass
+class TextLines:
+    """A text file's lines, decoded one at a time so that a line in another encoding is reported by its number, after
+    every line before it was read."""
+    raw: BinaryIO
+    encoding: str
+
+    def __iter__(self) -> Iterator[str]:
+        for number, line in enumerate(self.raw, 1):
+            try:
+                yield line.decode(self.encoding)  # a newline byte is never part of a UTF-8 or GB18030 character
+            except UnicodeDecodeError as exc:
+                raise UnreadableFile(f"line {number} is not {self.encoding} text ({exc.reason})") from None
+
+
+def _text_lines(path: Path, encoding: str) -> TextLines:
     raw = path.open("rb")
     if encoding == "auto":
         encoding = detect_encoding(raw.read(DETECT_BYTES))
         raw.seek(0)
-    elif encoding == "utf-8":
-        encoding = "utf-8-sig"
-    return io.TextIOWrapper(raw, encoding=encoding, newline=""), encoding
+    return TextLines(raw, "utf-8-sig" if encoding == "utf-8" else encoding)
 
 
 def _cell(value: object) -> str:
@@ -153,29 +170,27 @@ def _json_row(line: str) -> dict[str, str] | None:
 
 
 def _read_jsonl(path: Path, encoding: str) -> Table:
-    f, encoding = _text_file(path, encoding)
-    first = None  # the columns are the keys of the file's first object
-    while first is None and (line := f.readline()):
-        first = _json_row(line) if line.strip() else None
-    f.seek(0)
+    lines = _text_lines(path, encoding)
+    first = next((row for line in lines if line.strip() and (row := _json_row(line)) is not None), None)  # its keys are the columns
+    lines.raw.seek(0)
 
     def rows():
-        for number, line in enumerate(f, 1):
+        for number, line in enumerate(lines, 1):
             if line.strip():
                 yield number, _json_row(line)
-    return Table(tuple(first or ()), rows(), f.buffer.tell, path.stat().st_size, "B", encoding, f.close)
+    return Table(tuple(first or ()), rows(), lines.raw.tell, path.stat().st_size, "B", lines.encoding, lines.raw.close)
 
 
 def _read_csv(path: Path, encoding: str) -> Table:
-    f, encoding = _text_file(path, encoding)
-    reader = csv.reader(f)
+    lines = _text_lines(path, encoding)
+    reader = csv.reader(lines)
     header = tuple(clean(h).strip() for h in next(reader, ()))
 
     def rows():
         for values in reader:
             if any(v.strip() for v in values):
                 yield reader.line_num, dict(zip(header, (clean(v).strip() for v in values)))
-    return Table(header, rows(), f.buffer.tell, path.stat().st_size, "B", encoding, f.close)
+    return Table(header, rows(), lines.raw.tell, path.stat().st_size, "B", lines.encoding, lines.raw.close)
 
 
 def _read_xlsx(path: Path, sheet: str | None) -> Table:
@@ -229,7 +244,7 @@ def choose_columns(columns: tuple[str, ...], text: str | None, department: str |
 # -- the import ------------------------------------------------------------------------------------------------
 class SeenIds:
     """The label ids met so far in this file, to skip repeated tickets. A sorted int64 array, merged once per chunk,
-    holds 10^6 ids in 8 MB where a Python set of them takes about 60 MB."""
+    holds 10^6 ids in 8 MB where a Python set of them takes about 75 MB."""
 
     def __init__(self) -> None:
         self._merged = np.empty(0, dtype=np.int64)
@@ -287,35 +302,39 @@ def import_history(store: Store, project_id: int, table: Table, lookup: dict[str
         progress(table.done())
 
     text_column, department_column, id_column = columns["text"], columns["department"], columns["id"]
-    for number, row in table.rows:
-        report.rows += 1
-        if row is None:
-            report.skip("unreadable", number, None, "")
-            continue
-        text, written = row.get(text_column, ""), row.get(department_column, "")
-        ticket_id = row.get(id_column, "") if id_column else None
-        if ticket_id == "":
-            report.skip("missing_id", number, None, text)
-            continue
-        if not has_content(text):
-            report.skip("empty_text", number, ticket_id, text)
-            continue
-        if len(text) > max_text_chars:
-            report.skip("text_too_long", number, ticket_id, text)
-            continue
-        department = lookup.get(_name_key(written))
-        if department is None:
-            report.skip("unknown_department", number, ticket_id, written)
-            continue
-        label_id = history_id(project_id, ticket_id if ticket_id is not None else "text:" + text_key(text))
-        if not seen.add(label_id):
-            report.skip("duplicate_id", number, ticket_id, text)
-            continue
-        report.departments[department] += 1
-        chunk.append(Label(annotation_id=label_id, project_id=project_id, task_id=label_id, text=text, department=department,
-                           source=HISTORY))
-        if len(chunk) >= CHUNK_ROWS:
-            flush()
+    try:
+        for number, row in table.rows:
+            report.rows += 1
+            if row is None:
+                report.skip("unreadable", number, None, "")
+                continue
+            text, written = row.get(text_column, ""), row.get(department_column, "")
+            ticket_id = row.get(id_column, "") if id_column else None
+            if ticket_id == "":
+                report.skip("missing_id", number, None, text)
+                continue
+            if not has_content(text):
+                report.skip("empty_text", number, ticket_id, text)
+                continue
+            if len(text) > max_text_chars:
+                report.skip("text_too_long", number, ticket_id, text)
+                continue
+            department = lookup.get(_name_key(written))
+            if department is None:
+                report.skip("unknown_department", number, ticket_id, written)
+                continue
+            label_id = history_id(project_id, ticket_id if ticket_id is not None else "text:" + text_key(text))
+            if not seen.add(label_id):
+                report.skip("duplicate_id", number, ticket_id, text)
+                continue
+            report.departments[department] += 1
+            chunk.append(Label(annotation_id=label_id, project_id=project_id, task_id=label_id, text=text, department=department,
+                               source=HISTORY))
+            if len(chunk) >= CHUNK_ROWS:
+                flush()
+    except (UnreadableFile, csv.Error):
+        flush()  # the rows read before the file turned unreadable are kept: running it again goes on after them
+        raise
     flush()
     return report
 
@@ -398,9 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     except HistoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (UnicodeDecodeError, csv.Error) as exc:
-        print(f"error: {args.file} could not be read to the end ({exc}); the rows before were "
-              f"{'checked' if args.dry_run else 'imported'}: fix the file (or --encoding) and run again", file=sys.stderr)
+    except (UnreadableFile, csv.Error) as exc:
+        print(f"error: {args.file} could not be read to the end: {exc}. The rows before it were "
+              f"{'checked' if args.dry_run else 'imported'}; fix the file or name its encoding (--encoding) and run it again: "
+              "rows already imported are not stored twice", file=sys.stderr)
         return 2
     finally:
         if table is not None:
