@@ -92,6 +92,7 @@ def run_import(path: Path, model_dir: Path) -> dict:
         raise SystemExit(f"the import failed with exit code {os.waitstatus_to_exitcode(status)}")
     result = json.loads(report.read_text(encoding="utf-8"))
     return {"seconds": round(seconds, 1), "rows_per_second": round(result["rows"] / seconds), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "longest_transaction_s": result["longest_write_s"],
             "imported": result["imported"], "already_stored": result["already_stored"], "skipped": result["skipped"]}
 
 

@@ -37,7 +37,9 @@ from core.settings import Settings, SettingsError
 from core.store import HISTORY, Label, Store, StoreMissing, open_store, text_key
 from core.text import brief, clean, has_content
 
-CHUNK_ROWS = 5_000  # rows per transaction: one fsync each, and the most rows held in memory at once
+# Rows per transaction: one fsync each, and the most rows held in memory at once. A transaction holds the store's
+# write lock, and Label Studio gives a webhook 1 s, so one must stay well under that beside a live backend.
+CHUNK_ROWS = 1_000
 DETECT_BYTES = 1 << 20  # the start of a text file that decides between UTF-8 and GB18030
 ID_BITS = 62  # two of 10^6 tickets share an id with probability about 10^12 / 2^63 = 1e-7
 EXAMPLES = 3  # rows quoted per skip reason
@@ -274,6 +276,7 @@ class Report:
     examples: dict[str, list[dict]] = field(default_factory=dict)
     departments: Counter = field(default_factory=Counter)
     unknown_departments: Counter = field(default_factory=Counter)
+    longest_write: float = 0.0  # seconds of the longest transaction: what a webhook arriving meanwhile may wait
 
     def skip(self, reason: str, row: int, ticket_id: str | None, value: str) -> None:
         self.skipped[reason] += 1
@@ -296,7 +299,9 @@ def import_history(store: Store, project_id: int, table: Table, lookup: dict[str
             stored = store.stored_ids(label.annotation_id for label in chunk)
             report.stored.update({"unchanged": len(stored), "created": len(chunk) - len(stored)})
         else:
+            started = time.perf_counter()
             report.stored.update(store.upsert_labels(chunk))
+            report.longest_write = max(report.longest_write, time.perf_counter() - started)
         seen.merge()
         chunk.clear()
         progress(table.done())
@@ -345,7 +350,7 @@ def summary(report: Report, path: Path, project_id: int, table: Table, columns: 
         "file": str(path), "project": project_id, "dry_run": dry_run, "encoding": table.encoding, "columns": columns,
         "rows": report.rows, "seconds": round(seconds, 1), "rows_per_second": round(report.rows / seconds) if seconds else None,
         "imported": report.stored["created"], "updated": report.stored["updated"], "already_stored": report.stored["unchanged"],
-        "refused_by_store": report.stored["stale"] + report.stored["deleted"],
+        "refused_by_store": report.stored["stale"] + report.stored["deleted"], "longest_write_s": round(report.longest_write, 3),
         "skipped": {reason: report.skipped[reason] for reason in SKIPS if report.skipped[reason]},
         "examples": {reason: report.examples[reason] for reason in SKIPS if reason in report.examples},
         "unknown_departments": dict(report.unknown_departments.most_common(TOP_DEPARTMENTS)),
@@ -361,7 +366,8 @@ def print_summary(result: dict) -> None:
           + (f", {result['encoding']}" if result["encoding"] else ""))
     print(f"  {would}imported: {result['imported']:,} new gold labels; already stored: {result['already_stored']:,}"
           + (f"; updated (department or text changed): {result['updated']:,}" if result["updated"] else "")
-          + (f"; refused by the store (deleted earlier): {result['refused_by_store']:,}" if result["refused_by_store"] else ""))
+          + (f"; refused by the store (deleted earlier): {result['refused_by_store']:,}" if result["refused_by_store"] else "")
+          + (f"; longest transaction {result['longest_write_s']} s" if not result["dry_run"] else ""))
     print(f"  skipped: {sum(result['skipped'].values()):,}")
     for reason, count in result["skipped"].items():
         examples = "; ".join(f"row {e['row']}" + (f" id {e['id']}" if e["id"] else "") + f": {e['value']!r}" for e in result["examples"][reason])
