@@ -9,7 +9,8 @@ and the ticket's id (or, in a file without an id column, its text): Label Studio
 never collide, and importing the same file again finds the same rows and stores nothing new. The file is streamed
 and written CHUNK_ROWS rows per transaction, so memory stays flat at 10^6 rows and an import that is stopped resumes
 by running it again. Rows are skipped, counted and reported, never stored, when their department is not one of the
-project's (names and the catalog's aliases), their text is empty or too long, or their ticket id came earlier.
+project's (names and the catalog's aliases), their text is empty or too long, or a row with their ticket id was
+already kept.
 """
 from __future__ import annotations
 
