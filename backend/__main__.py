@@ -8,6 +8,7 @@
     python -m backend train --follow  # ask the running service for a fine-tuning round and show its progress
     python -m backend preannotate --project 1 --follow   # suggestions for every unlabelled task of a project
     python -m backend convergence --out report/          # are more labels still paying off?
+    python -m backend import-history past.xlsx --project 1  # a centre's past tickets as gold labels
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ SUBCOMMANDS = {
     "quality-report": ("tools.quality", "suspected label errors, confusable departments and annotator agreement (HTML + JSON)"),
     "convergence": ("tools.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
     "simulate": ("tools.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
+    "import-history": ("tools.import_history", "import past tickets with the department that handled them (JSONL, CSV, .xlsx) as gold labels"),
 }
 
 

@@ -27,6 +27,7 @@ from core.routing import AUTO
 SCHEMA_VERSION = 2
 DEFAULT_PROJECT = 0  # requests that name no Label Studio project (the routing API, tools, old clients)
 UNKNOWN_ANNOTATOR = "unknown"
+HISTORY = "history"  # the source of labels imported from a centre's past tickets: they have no Label Studio task
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -514,7 +515,8 @@ class Store:
     def reconcile_project(self, project_id: int, labels: list[Label], cancelled: set[int], pulled_since: str) -> dict:
         """Make the project's labels equal to a full pull from Label Studio, in one transaction.
 
-        Labels stored after the pull began are kept even if the pull did not see them."""
+        Labels stored after the pull began are kept even if the pull did not see them, and so are imported past
+        tickets (source HISTORY): Label Studio never had them."""
         counts = {"created": 0, "updated": 0, "unchanged": 0, "stale": 0, "deleted": 0, "removed": 0}
         seen = {label.annotation_id for label in labels}
         with self._tx() as db:
@@ -523,7 +525,7 @@ class Store:
             for annotation_id in cancelled:
                 counts["removed"] += self._remove(db, annotation_id)
             for row in db.execute(
-                "SELECT annotation_id FROM labels WHERE project_id = ? AND stored_at < ?", (project_id, pulled_since)
+                "SELECT annotation_id FROM labels WHERE project_id = ? AND stored_at < ? AND source <> ?", (project_id, pulled_since, HISTORY)
             ).fetchall():
                 if row["annotation_id"] not in seen:
                     counts["removed"] += self._remove(db, row["annotation_id"])
@@ -562,6 +564,14 @@ class Store:
             if len(rows) < batch:
                 return
             after = rows[-1]["seq"]
+
+    def stored_ids(self, annotation_ids: Iterable[int]) -> set[int]:
+        """Which of these ids the store holds a label for (a chunk at a time: one query, not one per id)."""
+        ids = list(annotation_ids)
+        if not ids:
+            return set()
+        rows = self._read(f"SELECT annotation_id FROM labels WHERE annotation_id IN ({','.join('?' * len(ids))})", ids)
+        return {row["annotation_id"] for row in rows}
 
     def get_label(self, annotation_id: int) -> StoredLabel | None:
         rows = self._read(self._LABELS + " AND l.annotation_id = ?", (annotation_id,))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from core.jobs import JobStatus
-from core.store import Label, Store, now, text_key
+from core.store import HISTORY, Label, Store, now, text_key
 
 
 def label(annotation_id: int, department: str = "市公安局", text: str | None = None, updated_at: str = "2026-01-01T00:00:00Z",
@@ -74,6 +75,18 @@ def test_reconcile_adds_missing_removes_vanished_and_keeps_newer(store_location)
     store.upsert_label(label(4))
     store.reconcile_project(1, [label(1), label(3, "市水务局")], cancelled=set(), pulled_since=pulled_since)
     assert [l.annotation_id for l in store.labels()] == [1, 3, 4]
+
+
+def test_reconcile_keeps_imported_past_tickets(store_location):
+    """Past tickets (issue 16) have no Label Studio task: a pull that does not list them must not remove them."""
+    store = Store(store_location)
+    store.upsert_labels([replace(label(-5), source=HISTORY), replace(label(-6, "市教育局"), source=HISTORY)])
+    store.upsert_label(label(1))
+    counts = store.reconcile_project(1, [], cancelled=set(), pulled_since="9999")
+    assert counts["removed"] == 1
+    assert [(l.annotation_id, l.source) for l in store.labels()] == [(-5, HISTORY), (-6, HISTORY)]
+    assert store.stored_ids([-6, -5, 1, 7]) == {-5, -6}
+    assert store.integrity_errors() == []
 
 
 def test_reconcile_of_one_project_leaves_other_projects_alone(store_location):
