@@ -339,10 +339,11 @@ _PAGER = """<p id="pager"><button type="button" id="prev">previous</button> <spa
 
 def _suspects_section(suspects: list[dict], top: int, label_studio_url: str | None) -> str:
     shown = suspects[:top]
+    annotated = any("annotator" in e for e in shown)  # rows of a file name no annotator
     rows = [(rank, _ticket(e, label_studio_url), e["text"], e["gold"], e["predicted"], e["doubt"], e["p_predicted"],
-             e["p_gold"], e.get("annotator")) for rank, e in enumerate(shown, start=1)]
+             e["p_gold"], *([e["annotator"]] if annotated else [])) for rank, e in enumerate(shown, start=1)]
     table = _table(["#", "ticket", "text", "label given", "model suggests", "doubt", "p(suggested)", "p(label given)",
-                    "annotator"], rows, table_id="suspects")
+                    *(["annotator"] if annotated else [])], rows, table_id="suspects")
     more = (f"<p>The {len(shown)} most doubtful of {len(suspects)} are shown; quality_report.json lists them all.</p>"
             if len(suspects) > len(shown) else "")
     return more + table + (_PAGER % PAGE_ROWS if len(shown) > PAGE_ROWS else "")
