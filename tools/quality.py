@@ -44,7 +44,7 @@ class Judged:
 
 class SuspectRanking:
     """How doubtful a gold label is, from out-of-fold decision scores; higher is more doubtful. One method per
-    measure, as small-text has one class per query strategy.
+    measure, like small-text's query strategies; `score` picks one by name.
 
     Both are confident learning's label-quality scores (Northcutt et al. 2021; cleanlab's rank module) with the
     sign flipped. They are computed on the SVM's decision scores rather than on its probabilities: the tempered
@@ -91,7 +91,7 @@ def _judge(model: LinearSvmClassifier, held_out: Sequence[StoredLabel], column: 
 
 
 def cross_validate(labels: Sequence[StoredLabel], departments: Sequence[str], folds: int, seed: int
-                    ) -> tuple[list[Judged], int, str | None]:
+                   ) -> tuple[list[Judged], int, str | None]:
     """(judged, folds used, note): each judged label with what a model fitted on the other folds makes of it.
 
     Identical texts share a fold, so a copy cannot vouch for itself. A department's only label trains in every
@@ -316,11 +316,11 @@ def _table(headers: Sequence[str], rows: list[Sequence], table_id: str = "") -> 
 def _ticket(suspect: dict, label_studio_url: str | None) -> str:
     """The suspect's task in Label Studio's data manager when the URL is known, else its id."""
     if "id" in suspect:
-        return _cell(suspect["id"])
+        return suspect["id"]
     if label_studio_url:
         href = f"{label_studio_url.rstrip('/')}/projects/{suspect['project_id']}/data?task={suspect['task_id']}"
         return _Html(f'<a href="{escape(href)}">task {_cell(suspect["task_id"])}</a>')
-    return _cell(f"task {suspect['task_id']}")
+    return f"task {suspect['task_id']}"
 
 
 # Without JavaScript every row shows; with it, PAGE_ROWS at a time.
