@@ -74,7 +74,7 @@ def serve(settings: Settings) -> None:
 # Commands with their own option parsers, in their own modules: `python -m backend NAME --help` shows them.
 SUBCOMMANDS = {
     "export": ("tools.export", "export the gold labels: recipe JSONL, Hugging Face dataset + Parquet, CSV, with a stratified split"),
-    "quality-report": ("tools.quality", "suspected label errors, confusable departments and annotator agreement (HTML + JSON)"),
+    "quality-report": ("tools.quality", "ranked suspected label errors (store or JSONL), confusable departments, annotator agreement (HTML + JSON)"),
     "convergence": ("tools.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
     "simulate": ("tools.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
     "import-history": ("tools.import_history", "import past tickets with the department that handled them (JSONL, CSV, .xlsx) as gold labels"),

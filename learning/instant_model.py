@@ -69,8 +69,17 @@ class _TfidfClassifier:
         truncated = np.array([len(t) > self.max_text_chars for t in texts], dtype=bool)
         if len(self.departments) == 1:  # one department leaves nothing to decide
             return Distribution(probs=np.ones((len(texts), 1)), truncated=truncated)
-        scores = self._scores(self._vectorizer.transform(self._clip(texts)))
-        return Distribution(probs=_softmax(scores, self.temperature), truncated=truncated)
+        return Distribution(probs=self.probabilities(self.decision_scores(texts)), truncated=truncated)
+
+    def decision_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """texts x departments scores before the softmax: the quality report ranks doubtful labels on these,
+        because the tempered softmax saturates at 0 and 1 and ties its most confident mistakes."""
+        if self._vectorizer is None:
+            raise RuntimeError(f"the {self.method} instant model has not been fitted")
+        return self._scores(self._vectorizer.transform(self._clip(texts)))
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        return _softmax(scores, self.temperature)
 
     def _scores(self, features) -> np.ndarray:
         raise NotImplementedError

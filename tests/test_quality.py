@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.store import Label, Store
-from tools.quality import main, quality_report, write_report
+from tools.quality import labels_from_rows, main, quality_report, write_report
 
 DEPARTMENTS = ("市自来水公司", "市交通警察支队", "市教育局")
 PLACES = ("幸福里小区", "城南花园", "滨江一号", "翠湖苑", "金桥新村", "阳光水岸", "锦绣家园", "东湖名邸", "梧桐苑",
@@ -50,8 +50,8 @@ def test_a_flipped_label_is_among_the_top_suspected_errors(tmp_path):
     suspected = report["suspected_errors"]
     top = suspected[:3]
     assert 8 in [e["annotation_id"] for e in top]
-    margins = [e["p_predicted"] - e["p_gold"] for e in suspected]
-    assert margins == sorted(margins, reverse=True)  # the most doubted first
+    doubts = [e["doubt"] for e in suspected]
+    assert doubts == sorted(doubts, reverse=True)  # the most doubted first
     flipped = next(e for e in top if e["annotation_id"] == 8)
     assert (flipped["gold"], flipped["predicted"]) == ("市教育局", "市自来水公司")
     assert flipped["p_predicted"] > flipped["p_gold"]
@@ -149,7 +149,7 @@ def test_html_report_is_self_contained_and_escaped(tmp_path):
 
     html = html_path.read_text(encoding="utf-8")
     assert '<meta charset="utf-8">' in html
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert" in html
     assert "东湖名邸" in html and "市自来水公司" in html
     assert "http" not in html  # no external stylesheets, scripts or fonts
 
@@ -170,3 +170,96 @@ def test_cli_writes_both_files_for_the_store_under_model_dir(tmp_path, monkeypat
     report = json.loads((tmp_path / "report" / "quality_report.json").read_text(encoding="utf-8"))
     assert report["summary"]["folds"] == 3 and report["suspected_errors"][0]["annotation_id"] == 8
     assert (tmp_path / "report" / "quality_report.html").exists()
+
+
+NOISY_PER_DEPARTMENT = 30
+
+
+def noisy_rows(flips: int, seed: int) -> tuple[list[dict], set[str]]:
+    """30 distinct learnable tickets a department as JSONL rows, `flips` of them given another department at
+    random (seeded)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = [{"id": f"T-{d}-{i}", "label": department,
+             "text": f"来电人反映，{PLACES[i % 15]}{ISSUES[department][(i // 15 + i) % 5]}，要求尽快处理。"}
+            for d, department in enumerate(DEPARTMENTS) for i in range(NOISY_PER_DEPARTMENT)]
+    flipped = rng.sample(range(len(rows)), flips)
+    for i in flipped:
+        rows[i]["label"] = rng.choice([d for d in DEPARTMENTS if d != rows[i]["label"]])
+    return rows, {rows[i]["id"] for i in flipped}
+
+
+@pytest.mark.parametrize("ranking", ["normalized_margin", "self_confidence"])
+def test_injected_label_noise_ranks_on_top(ranking):
+    hits = []
+    for seed in range(3):
+        rows, flipped = noisy_rows(flips=6, seed=seed)  # 7 % noise
+        labels, ids = labels_from_rows(rows)
+        report = quality_report(labels, DEPARTMENTS, seed=seed, ranking=ranking, ids=ids)
+        top = [e["id"] for e in report["suspected_errors"][:len(flipped)]]
+        hits.append(len(set(top) & flipped) / len(flipped))
+    assert min(hits) >= 0.8, hits  # precision@K, K = the number of flipped labels: one miss at most
+
+
+def test_from_jsonl_lists_suspects_in_rank_order_by_row_id(tmp_path, capsys):
+    rows, flipped = noisy_rows(flips=3, seed=0)
+    rows[0] = {"id": rows[0]["id"], "text": rows[0]["text"], "department": rows[0]["label"]}  # department is accepted too
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+    assert main(["--from-jsonl", str(data), "--out", str(tmp_path / "report")]) == 0
+
+    assert "90 labels, 3 departments" in capsys.readouterr().out
+    suspects = json.loads((tmp_path / "report" / "quality_report.json").read_text(encoding="utf-8"))["suspected_errors"]
+    assert set(e["id"] for e in suspects[:3]) == flipped
+    assert all("annotation_id" not in e and "task_id" not in e for e in suspects)
+    assert [e["doubt"] for e in suspects] == sorted((e["doubt"] for e in suspects), reverse=True)
+    by_id = {row["id"]: row for row in rows}
+    assert all(e["gold"] == by_id[e["id"]].get("label", by_id[e["id"]].get("department")) for e in suspects)
+
+
+def test_from_jsonl_refuses_bad_rows_and_a_project(tmp_path, capsys):
+    data = tmp_path / "labels.jsonl"
+    data.write_text('{"id": 1, "text": "停水两天"}\n', encoding="utf-8")
+    assert main(["--from-jsonl", str(data), "--out", str(tmp_path / "report")]) == 2
+    assert "row 1 needs id, text and label" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--from-jsonl", str(data), "--project", "1", "--out", str(tmp_path / "report")])
+
+
+def test_one_annotator_meeting_a_text_twice_is_no_agreement(tmp_path):
+    store = learnable_store(tmp_path / "s.sqlite3", flips={})
+    store.upsert_label(gold(900, ticket("市教育局", 3), "市交通警察支队", task_id=900))  # the same annotator, a copy
+
+    report = quality_report(store.labels(), DEPARTMENTS)
+    _, html_path = write_report(report, tmp_path / "out")
+
+    assert report["annotator_agreement"]["tickets"] == 0
+    assert "Annotator agreement" not in html_path.read_text(encoding="utf-8")
+
+
+def test_suspects_link_to_their_label_studio_task_when_the_url_is_known(tmp_path, monkeypatch):
+    learnable_store(tmp_path / "model" / "store.sqlite3", flips={8: "市教育局"})
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "model"))
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls.example:8080/")
+
+    assert main(["--out", str(tmp_path / "report")]) == 0
+
+    html = (tmp_path / "report" / "quality_report.html").read_text(encoding="utf-8")
+    assert '<a href="http://ls.example:8080/projects/1/data?task=8">task 8</a>' in html
+    assert "labels the model agrees with (share)" in html and "cv_accuracy" not in html
+
+
+def test_the_html_shows_the_top_suspects_a_page_at_a_time(tmp_path):
+    suspect = {"annotation_id": 1, "project_id": 1, "task_id": 1, "text": "停水", "gold": "市教育局",
+               "predicted": "市自来水公司", "doubt": 1.0, "p_predicted": 0.9, "p_gold": 0.1, "annotator": "7"}
+    report = quality_report([], DEPARTMENTS)
+    report["suspected_errors"] = [{**suspect, "task_id": i} for i in range(1, 121)]
+
+    _, html_path = write_report(report, tmp_path / "out", top=100)
+
+    html = html_path.read_text(encoding="utf-8")
+    assert "The 100 most doubtful of 120 are shown" in html
+    assert "task 100<" in html and "task 101<" not in html
+    assert 'id="pager"' in html
