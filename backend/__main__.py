@@ -8,6 +8,7 @@
     python -m backend train --follow  # ask the running service for a fine-tuning round and show its progress
     python -m backend preannotate --project 1 --follow   # suggestions for every unlabelled task of a project
     python -m backend convergence --out report/          # are more labels still paying off?
+    python -m backend evaluate --train T.jsonl --eval E.jsonl --json   # the instant model's scores on a labelled file
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ SUBCOMMANDS = {
     "quality-report": ("tools.quality", "suspected label errors, confusable departments and annotator agreement (HTML + JSON)"),
     "convergence": ("tools.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
     "simulate": ("tools.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
+    "evaluate": ("tools.evaluate", "fit the instant model on a labelled JSONL as the service does and score it on another "
+                 "(accuracy, macro-F1, ECE)"),
 }
 
 
