@@ -22,8 +22,8 @@ from core.settings import Settings
 from learning.instant_model import fit_on_labels
 from tools.simulation import PROJECT, SimulationInputError, _ThrowawayProject, read_tickets
 
-SHOWN = ("n", "labels", "departments", "method", "temperature", "accuracy", "macro_f1", "macro_precision", "macro_recall", "ece",
-         "fit_seconds")
+SHOWN = ("n", "labels", "departments", "method", "temperature", "temperature_fitted", "accuracy", "macro_f1", "macro_precision",
+         "macro_recall", "ece", "fit_seconds")
 
 
 def run(train_path: Path, eval_path: Path) -> dict:
