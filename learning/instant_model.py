@@ -273,5 +273,5 @@ def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[Sto
         seed_texts={name: text for name, text in seed_texts.items() if name in known},
         evaluate=lambda candidate: evaluate(candidate, held_out, routing), max_text_chars=max_text_chars, serving_method=serving_method)
     metrics = {**report[clf.method], "method": clf.method, "calibration": report["calibration"], "train_labels": len(train), "labels": len(labels),
-               "methods": {m: {k: report[m].get(k) for k in ("accuracy", "macro_f1", "n")} for m in report if m in {c.method for c in METHODS}}}
+               "methods": {m.method: {k: report[m.method].get(k) for k in ("accuracy", "macro_f1", "n")} for m in METHODS}}
     return clf, metrics
