@@ -39,7 +39,7 @@ MAX_FEATURES = 300_000
 NEAR_TIE_F1 = 0.01
 # Temperature scaling out of fold (``calibrate``) fits the SVM on (folds - 1) x the rows, against about 2.25 x the
 # training rows for a refit's own two fits (the split's training rows, then every label): 3 folds keep a refit under
-# twice its uncalibrated time at any label count (measured at 4.5k labels / 549 departments: 1.4-1.7x), where 5 took
+# twice its uncalibrated time at any label count (measured at 4.5k labels / 549 departments: 1.5-1.7x), where 5 took
 # it to 1.8x there and would take it to about 2.8x near 2,000 labels. The row cap (a fixed-seed sample) bounds it.
 CALIBRATION_FOLDS = 3
 CALIBRATION_MAX_ROWS = 2000
