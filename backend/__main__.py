@@ -9,6 +9,7 @@
     python -m backend preannotate --project 1 --follow   # suggestions for every unlabelled task of a project
     python -m backend convergence --out report/          # are more labels still paying off?
     python -m backend import-history past.xlsx --project 1  # a centre's past tickets as gold labels
+    python -m backend evaluate --train T.jsonl --eval E.jsonl --json   # the instant model's scores on a labelled file
 """
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ SUBCOMMANDS = {
     "convergence": ("tools.convergence", "the stopping signal: scores across versions and how many suggestions still change (JSON + plot)"),
     "simulate": ("tools.simulation", "replay a labelled JSONL under query strategies and plot the learning curves"),
     "import-history": ("tools.import_history", "import past tickets with the department that handled them (JSONL, CSV, .xlsx) as gold labels"),
+    "evaluate": ("tools.evaluate", "fit the instant model on a labelled JSONL as the service does and score it on another "
+                 "(accuracy, macro-F1, ECE)"),
 }
 
 

@@ -5,10 +5,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from core.classifier import Classifier
 
 if TYPE_CHECKING:
     from core.routing import AutoRouting
+
+ECE_BINS = 15  # Guo et al. 2017's choice: fine enough to see over-confidence, coarse enough for a few hundred rows
 
 
 class GoldLabel(Protocol):
@@ -20,22 +24,38 @@ def evaluate(clf: Classifier, held_out: Sequence[GoldLabel], routing: AutoRoutin
     """The report of `clf` on held-out gold labels: the one routine behind the promotion gate, the instant model's
     scores and every benchmark. Labels of departments the classifier does not know are left out.
 
+    ``ece`` is the expected calibration error of the top-1 probabilities: how far the score annotators see and
+    auto-routing trusts is from the accuracy it claims.
+
     With `routing`, the report also holds the version's auto-routing thresholds (``"routing"``), proven on these
     rows: they are its calibration rows, which it never trained on."""
     known = set(clf.departments)
     held_out = [label for label in held_out if label.department in known]
     if not held_out:
-        report = classification_report([], [])
+        report = {**classification_report([], []), "ece": None}
         return {**report, "routing": routing.thresholds([], []).to_dict()} if routing else report
     probs = clf.predict_proba([label.text for label in held_out]).probs
     top = probs.argmax(axis=1)
     gold = [label.department for label in held_out]
     predicted = [clf.departments[i] for i in top]
-    report = classification_report(gold, predicted)
+    correct = [g == p for g, p in zip(gold, predicted)]
+    report = {**classification_report(gold, predicted), "ece": round(expected_calibration_error(probs.max(axis=1), correct), 4)}
     if routing is not None:
-        correct = [g == p for g, p in zip(gold, predicted)]
         report["routing"] = routing.thresholds(probs.max(axis=1), correct, predicted).to_dict()
     return report
+
+
+def expected_calibration_error(probs_top1: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS) -> float:
+    """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks"): the top-1
+    probabilities are put into `bins` equal-width bins (0, 1/bins], ..., and each bin's gap between its accuracy and
+    its mean probability is weighted by its share of the rows. 0 when a probability of p is right p of the time."""
+    p = np.asarray(probs_top1, dtype=float)
+    hit = np.asarray(correct, dtype=float)
+    if len(p) != len(hit) or not len(p):
+        raise ValueError("need one correct flag per probability, and at least one")
+    which = np.clip(np.ceil(p * bins).astype(int) - 1, 0, bins - 1)
+    gap = np.abs(np.bincount(which, hit, minlength=bins) - np.bincount(which, p, minlength=bins))
+    return float(gap.sum() / len(p))  # sum over bins of n_b/n * |acc_b - conf_b| = sum |hits_b - probs_b| / n
 
 
 def classification_report(gold: Sequence[str], predicted: Sequence[str], top_confusions: int = 10) -> dict:

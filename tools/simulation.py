@@ -67,7 +67,7 @@ class Tickets:
 
 
 def read_tickets(path: Path) -> Tickets:
-    """A JSONL file of {"text": ..., "label": ...} rows (other fields are ignored)."""
+    """A JSONL file of {"text": ..., "label": ...} rows ("department" instead of "label" too; other fields are ignored)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -80,10 +80,11 @@ def read_tickets(path: Path) -> Tickets:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SimulationInputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
-            raise SimulationInputError(f"{path}, line {number}: every row needs the string fields 'text' and 'label'")
+        label = row.get("label", row.get("department")) if isinstance(row, dict) else None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(label, str):
+            raise SimulationInputError(f"{path}, line {number}: every row needs the string fields 'text' and 'label' (or 'department')")
         texts.append(row["text"])
-        labels.append(row["label"])
+        labels.append(label)
     return Tickets(texts, labels)
 
 
