@@ -31,6 +31,7 @@ from bench.instant_model import load
 from core.evaluation import evaluate
 from core.store import Label, Store
 from learning.instant_model import fit_on_labels
+from tools.evaluate import fit_like_the_service
 
 DATA = Path("../shared/data")
 DEFAULT_DATA = [DATA / "shanghai_xinfang/dev.jsonl", DATA / "dalian_gov/dev.jsonl", DATA / "tipdm2020c/dev.jsonl"]
@@ -46,15 +47,8 @@ def run_one(texts, labels, seed: int) -> dict:
     from sklearn.model_selection import train_test_split
 
     train_x, test_x, train_y, test_y = train_test_split(texts, labels, test_size=0.2, stratify=labels, random_state=seed)
-    catalog = Catalog(title="units", departments=tuple(Department(name=d) for d in sorted(set(labels))))
     test = [SimpleNamespace(text=t, department=y) for t, y in zip(test_x, test_y)]
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "store.sqlite3")
-        for i, (text, label) in enumerate(zip(train_x, train_y), start=1):
-            store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=label))
-        started = time.perf_counter()
-        clf, metrics = fit_on_labels("bench", catalog.names, store.labels(), catalog.seed_texts())
-        refit = time.perf_counter() - started
+    clf, metrics, refit = fit_like_the_service(train_x, train_y, sorted(set(labels)))
     fitted = evaluate(clf, test)
     fitted_nll = nll(clf, test_x, test_y)
     clf.temperature = type(clf).temperature  # the same model with the method's constant

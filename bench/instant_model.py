@@ -12,15 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
-from annotation_config.catalog import Catalog, Department
 from core.classifier import summarize
-from core.store import Label, Store
-from learning.instant_model import fit_on_labels
+from tools.evaluate import fit_like_the_service
 
 
 def load(path: Path, min_per_label: int) -> tuple[list[str], list[str]]:
@@ -39,17 +35,10 @@ def baseline(train_x, train_y, test_x):
 
 
 def instant(train_x, train_y, test_x, departments):
-    catalog = Catalog(title="units", departments=tuple(Department(name=d) for d in departments))
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "store.sqlite3")
-        for i, (text, label) in enumerate(zip(train_x, train_y), start=1):
-            store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=text, department=label))
-        started = time.perf_counter()
-        clf, metrics = fit_on_labels("bench", catalog.names, store.labels(), catalog.seed_texts())
-        fit_seconds = time.perf_counter() - started
-        predicted = [p.department for p in summarize(clf.predict_proba(test_x), clf.departments, k=1)]
-        return predicted, {"method": clf.method, "fit_seconds": round(fit_seconds, 2),
-                           "store_split": {"train": metrics["train_labels"], "eval": metrics["n"]}}
+    clf, metrics, fit_seconds = fit_like_the_service(train_x, train_y, departments)
+    predicted = [p.department for p in summarize(clf.predict_proba(test_x), clf.departments, k=1)]
+    return predicted, {"method": clf.method, "fit_seconds": round(fit_seconds, 2),
+                       "store_split": {"train": metrics["train_labels"], "eval": metrics["n"]}}
 
 
 def main(argv: list[str] | None = None) -> int:

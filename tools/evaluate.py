@@ -14,16 +14,31 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 from core.evaluation import evaluate
 from core.settings import Settings
 from learning.instant_model import fit_on_labels
-from tools.simulation import PROJECT, SimulationInputError, _ThrowawayProject, read_tickets
+from tools.simulation import PROJECT, SimulationInputError, ThrowawayProject, read_tickets
 
 SHOWN = ("n", "labels", "departments", "method", "temperature", "temperature_fitted", "accuracy", "macro_f1", "macro_precision",
          "macro_recall", "ece", "fit_seconds")
+
+
+def fit_like_the_service(texts: Sequence[str], labels: Sequence[str], departments: Sequence[str]):
+    """(classifier, metrics, fit seconds) of the instant model fitted on these rows through a throwaway label store,
+    as the service fits it from its own (the store freezes the selection split)."""
+    project = ThrowawayProject(departments, Settings())
+    try:
+        project.annotate(texts, labels)
+        started = time.perf_counter()
+        clf, metrics = fit_on_labels("evaluate", project.space.departments, project.store.labels(PROJECT), project.catalog.seed_texts(),
+                                     project.settings.max_text_chars)
+        return clf, metrics, time.perf_counter() - started
+    finally:
+        project.close()
 
 
 def run(train_path: Path, eval_path: Path) -> dict:
@@ -32,15 +47,7 @@ def run(train_path: Path, eval_path: Path) -> dict:
         raise SimulationInputError(f"{train_path if not len(train) else eval_path} holds no rows")
     # The evaluation file's departments too, as a catalog would list them: the model ranks them from their names.
     departments = sorted(set(train.labels) | set(evaluation.labels))
-    project = _ThrowawayProject(departments, Settings())
-    try:
-        project.annotate(train.texts, train.labels)
-        started = time.perf_counter()
-        clf, metrics = fit_on_labels("evaluate", project.space.departments, project.store.labels(PROJECT), project.catalog.seed_texts(),
-                                     project.settings.max_text_chars)
-        fit_seconds = time.perf_counter() - started
-    finally:
-        project.close()
+    clf, metrics, fit_seconds = fit_like_the_service(train.texts, train.labels, departments)
     report = evaluate(clf, [SimpleNamespace(text=t, department=y) for t, y in zip(evaluation.texts, evaluation.labels)])
     return {"train": str(train_path), "eval": str(eval_path), "n": report["n"], "labels": len(train), "departments": len(departments),
             "method": clf.method, "temperature": metrics["calibration"]["temperature"], "temperature_fitted": metrics["calibration"]["fitted"],

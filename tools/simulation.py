@@ -103,7 +103,7 @@ class Learner(Protocol):
     def close(self) -> None: ...
 
 
-class _ThrowawayProject:
+class ThrowawayProject:
     """What the service keeps for a project, in a temporary MODEL_DIR: the label store (with its frozen
     selection split), a labeling config listing `departments`, and a catalog that knows only their names."""
 
@@ -132,7 +132,7 @@ class InstantModel:
     """The product's instant model, refitted on every new batch of labels as the service refits it."""
 
     def __init__(self, departments: Sequence[str]):
-        self._project = _ThrowawayProject(departments, Settings())
+        self._project = ThrowawayProject(departments, Settings())
         self._serving_method: str | None = None
 
     def learn(self, texts: Sequence[str], labels: Sequence[str]) -> Classifier:
@@ -176,7 +176,7 @@ class LlmModel:
         from training.llm_scorer import LlmEngine
         from training.loading import load_model
 
-        self._project = _ThrowawayProject(departments, Settings.from_env())
+        self._project = ThrowawayProject(departments, Settings.from_env())
         settings = self._project.settings
         model, tokenizer = load_model(settings.base_model, settings.max_seq_length, settings.training_device)
         self._engine = LlmEngine(model, tokenizer, settings.max_seq_length)
