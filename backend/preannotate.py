@@ -44,6 +44,7 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
     configure(project_id, space, project["label_config"])
     if not models.line(project_id).ready.wait(READY_WAIT_SECONDS):
         raise RuntimeError(f"project {project_id}'s model was not ready within {READY_WAIT_SECONDS:.0f} s")
+    models.follow_registry()  # a refit promoted a moment ago: start on the registry's version, not the one it replaces
     version = models.serving_version(project_id)
     done = {p["task_id"] for p in store.predictions(project_id, model_version=version)}
     tasks = [t for t in client.tasks(project_id) if not t["total_annotations"]]
@@ -66,6 +67,9 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
                 skipped += 1
         if chunk:
             used, predictions = models.predict(project_id, texts)
+            # A promotion during the job swaps the model between chunks: Label Studio is pointed at the newest version that
+            # predicted (it refuses a model_version none of the project's predictions carry).
+            version = progress["model_version"] = used
             shown = view.publish(space, chunk, predictions) if view else [t["data"] for t in chunk]
             client.import_predictions(project_id, [
                 {"task": t["id"], "result": space.prediction_result(p.department, p.top, data), "score": round(p.score, 6),

@@ -7,6 +7,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
+from core.jobs import UNFINISHED, JobKind, ModelKind
 from tests.helpers import LABEL_CONFIG, SAMPLES, choice, served_version, wait_until
 from tests.test_training import CONFIG as FOUR_DEPARTMENTS
 from tests.test_training import FAST_TRAINING, tickets
@@ -36,10 +37,15 @@ def test_preannotation_fills_the_project_and_label_studio_serves_the_most_uncert
     for task_id, sample in zip(task_ids[:2], SAMPLES):
         ls.annotations.create(id=task_id, result=[choice(sample["department"])])
     seq = backend.store().project_seq(project.id)
-    wait_until(lambda: any(v["data"].get("project_seq") == seq and v["status"] == "serving"
-                           for v in requests.get(f"{backend.url}/versions", params={"project": project.id}, timeout=3).json()["details"]),
-               timeout=60, what="the refit")
-    version = served_version(backend.url, project.id)
+
+    def refitted() -> str | None:
+        """The version the backend serves, once it is the registry's and has seen every label."""
+        store = backend.store()
+        serving = store.serving_version(project.id, ModelKind.INSTANT)
+        settled = serving is not None and serving.data.get("project_seq") == seq and not store.jobs(kind=JobKind.REFIT, status=UNFINISHED)
+        return serving.name if settled and served_version(backend.url, project.id) == serving.name else None
+
+    version = wait_until(refitted, timeout=60, what="the refit")
 
     job = requests.post(f"{backend.url}/preannotate", json={"project": project.id}, timeout=5).json()
     finished = job_done(backend, job["job"])

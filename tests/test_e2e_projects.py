@@ -9,6 +9,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
+from core.jobs import UNFINISHED, JobKind, ModelKind
 from tests.helpers import SAMPLES, choice, served_version, wait_until
 from tests.test_training import CONFIG as UTILITIES
 from tests.test_training import DEPARTMENTS as UTILITY_WORDS
@@ -24,10 +25,11 @@ CITY_TICKETS = [s for s in SAMPLES if s["department"] in CITY]
 
 
 def settled(backend, project_id: int) -> bool:
-    """The project's instant model has seen every label of the project."""
+    """The project's instant model has seen every label of the project, and no refit of it is still to come."""
     store = backend.store()
-    version = store.serving_version(project_id, "instant")
-    return version is not None and version.data.get("project_seq") == store.project_seq(project_id)
+    version = store.serving_version(project_id, ModelKind.INSTANT)
+    return (version is not None and version.data.get("project_seq") == store.project_seq(project_id)
+            and not store.jobs(kind=JobKind.REFIT, project_id=project_id, status=UNFINISHED))
 
 
 def retrieve(ls: LabelStudio, label_studio, project_id: int) -> list[dict]:
