@@ -84,7 +84,9 @@ def launch_worker(module: str, args: list[str], env: Mapping[str, str], log_path
     when None). With `die_with_parent` the worker cannot outlive the service that started it."""
     out = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 (the child writes to it after we return)
     try:
-        return subprocess.Popen([sys.executable, "-m", module, *args], env={**env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
+        # faulthandler: a worker killed by a signal inside a native library (a SIGSEGV was seen once on the CPU path,
+        # while the LoRA round set up) leaves the Python stack of every thread in its log.
+        return subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", module, *args], env={**env, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
                                 preexec_fn=exit_with_parent if die_with_parent else None)
     finally:
