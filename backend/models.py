@@ -115,6 +115,9 @@ class ModelManager:
         self.default_space = default_space
         self._lines: dict[int, ProjectLine] = {}
         self._lines_lock = threading.Lock()
+        # Two threads preparing a project (a line replaced by a new config while it was preparing) would both name
+        # their catalog version instant-1 and collide on disk; naming, fitting and registering go one at a time.
+        self._register_lock = threading.Lock()
         self._engine = None
         self._llm_lock = threading.RLock()
         self._adapters = AdapterCache(settings.adapter_cache_mb * 2**20)
@@ -174,6 +177,9 @@ class ModelManager:
         """Serve the project's persisted instant model when it was fitted for these departments, else the catalog's
         prototypes (fitted here: one document per department); then queue the full refit if labels are newer."""
         try:
+            with self._lines_lock:
+                if self._lines.get(line.project_id) is not line:  # replaced by a newer config before it started
+                    return
             clf = self._load_instant(line.project_id, line.space)
             if clf is None:
                 clf = self._fit_catalog_prototypes(line)
@@ -191,10 +197,11 @@ class ModelManager:
             line.state, line.note = "failed", f"{type(exc).__name__}: {exc}"
 
     def _fit_catalog_prototypes(self, line: ProjectLine) -> Classifier:
-        version = refit.next_version_name(self.store, line.project_id)
-        clf, metrics = refit.fit_version(self.store, line.project_id, version, line.space.departments,
-                                         refit.seed_texts(self.settings, line.project_id), self.settings, labels=[])
-        refit.register(self.store, self.settings, line.project_id, clf, metrics, parent=None, promote=True)
+        with self._register_lock:
+            version = refit.next_version_name(self.store, line.project_id)
+            clf, metrics = refit.fit_version(self.store, line.project_id, version, line.space.departments,
+                                             refit.seed_texts(self.settings, line.project_id), self.settings, labels=[])
+            refit.register(self.store, self.settings, line.project_id, clf, metrics, parent=None, promote=True)
         return clf
 
     def _load_instant(self, project_id: int, space: LabelSpace) -> Classifier | None:
