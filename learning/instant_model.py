@@ -7,8 +7,8 @@ Two small classifiers, because neither is best throughout the life of a project:
   text (name, aliases, 职责 duties) plus the mean of its gold tickets. It makes sensible suggestions before
   anyone has labelled anything and does not lose them when the first few labels arrive.
 * ``LinearSvmClassifier`` — a linear SVM over gold tickets and seed texts. With a few labels per department it
-  is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is far better (Shanghai
-  set: accuracy 0.72 against 0.55 for the prototypes).
+  is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is far better (BENCHMARKS.md,
+  section 3, against the TF-IDF + LinearSVC reference).
 
 ``fit_instant_model`` keeps the one with the better macro-F1 on the frozen evaluation split, and keeps serving
 the method already serving on near-ties (``NEAR_TIE_F1``).
