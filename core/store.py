@@ -15,7 +15,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -564,6 +564,30 @@ class Store:
             if len(rows) < batch:
                 return
             after = rows[-1]["seq"]
+
+    def training_sample(self, project_id: int, departments: Sequence[str], limit: int | None) -> tuple[list[StoredLabel], int]:
+        """(labels, how many the project holds for `departments`): every evaluation label of those departments and
+        at most `limit` training labels, taken round-robin over the departments, newest first within each
+        (``learning.instant_model.newest_per_department``, chosen here by the database so that a refit over 10^6
+        labels reads the 2 % it fits, not the 10^6)."""
+        if not departments:
+            return [], 0
+        names = ",".join("?" * len(departments))
+        scope = (f" FROM labels l LEFT JOIN splits s ON s.project_id = l.project_id AND s.text_key = l.text_key"
+                 f" WHERE l.project_id = ? AND l.department IN ({names})")
+        params = [project_id, *departments]
+        total = self._read("SELECT COUNT(*) AS n" + scope, params)[0]["n"]
+        held_out = self._read(self._LABELS + f" AND l.project_id = ? AND l.department IN ({names})"
+                              " AND COALESCE(s.split, 'train') = 'eval' ORDER BY l.seq", params)
+        turns = self._read(f"SELECT seq FROM (SELECT l.seq, ROW_NUMBER() OVER (PARTITION BY l.department ORDER BY l.seq DESC)"
+                           f" AS turn{scope} AND COALESCE(s.split, 'train') = 'train') ranked ORDER BY turn, seq DESC"
+                           + (" LIMIT ?" if limit is not None else ""), [*params, *([limit] if limit is not None else [])])
+        seqs = [row["seq"] for row in turns]
+        train = []
+        for start in range(0, len(seqs), 900):  # SQLite's bound on one statement's parameters is 999 on old builds
+            chunk = seqs[start:start + 900]
+            train += self._read(self._LABELS + f" AND l.seq IN ({','.join('?' * len(chunk))})", chunk)
+        return [_stored_label(row) for row in sorted(train, key=lambda row: row["seq"]) + held_out], total
 
     def stored_ids(self, annotation_ids: Iterable[int]) -> set[int]:
         """Which of these ids the store holds a label for (a chunk at a time: one query, not one per id)."""

@@ -3,7 +3,8 @@
     python -m learning.refit --job 12          # MODEL_DIR, CATALOG... come from the environment
 
 1. claim the job            mark it running, with this process's pid
-2. read                     the project's departments and gold labels (its frozen evaluation split included)
+2. read                     the project's departments, its frozen evaluation split and at most INSTANT_MAX_LABELS
+                            training labels, newest per department (the store chooses them: ``training_sample``)
 3. fit                      ``fit_on_labels``: the method chosen on the split (the serving version's method kept
                             on near-ties), refitted on every label
 4. save                     the model into MODEL_DIR/projects/<project>/instant/<version>/, written to a temporary
@@ -70,10 +71,13 @@ def fit_version(store: Store, project_id: int, version: str, departments: Sequen
     The `serving` version's method stays unless another is clearly better on the split (``fit_instant_model``)."""
     seq = store.project_seq(project_id) if labels is None else 0  # the catalog's prototypes have seen no label
     started = time.perf_counter()
-    clf, metrics = fit_on_labels(version, departments, store.labels(project_id) if labels is None else labels, seed_texts,
-                                 settings.max_text_chars, serving_method=serving.metrics.get("method") if serving else None,
+    # the store picks the sample (at 10^6 labels the refit reads the 2 % it fits); the labels it holds are counted
+    labels, stored = store.training_sample(project_id, departments, settings.instant_max_labels) if labels is None else (labels, None)
+    clf, metrics = fit_on_labels(version, departments, labels, seed_texts, settings.max_text_chars,
+                                 serving_method=serving.metrics.get("method") if serving else None,
                                  routing=settings.auto_routing(), max_train_labels=settings.instant_max_labels)
-    metrics["data"] = {"project_seq": seq, "train_labels": metrics.pop("train_labels"), "labels": metrics.pop("labels"),
+    fitted_from = metrics.pop("labels")
+    metrics["data"] = {"project_seq": seq, "train_labels": metrics.pop("train_labels"), "labels": fitted_from if stored is None else stored,
                        "departments": len(departments), "departments_hash": departments_hash(departments),
                        "fit_seconds": round(time.perf_counter() - started, 3)}
     return clf, metrics

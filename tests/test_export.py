@@ -123,6 +123,30 @@ def test_whitespace_variants_collapse_and_the_latest_label_wins(tmp_path):
     assert kept_all["exported"] == 5 and kept_all["duplicates_removed"] == 0
 
 
+def test_a_label_corrected_while_the_export_runs_is_left_out_and_counted(store, tmp_path):
+    """The export reads the store twice (plan, then write) so that it never holds every label; an annotator's
+    correction in between must not slip into the split that was planned without it."""
+    selection = select_labels(store)
+
+    class CorrectedBetweenPasses:
+        passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            if self.passes == 2:
+                label = store.get_label(1)
+                store.upsert_label(gold(1, label.text, "市住房和城乡建设管理委员会", updated_at="2026-03-02T09:00:00Z"))
+            return iter(selection)
+
+    report = export_gold(CorrectedBetweenPasses(), tmp_path / "out", formats=["jsonl", "csv"])
+
+    assert report["labels"] == 30 and report["exported"] == 29 and report["changed_during_export"] == 1
+    rows = [row for split in ("train", "test") for row in csv.DictReader(
+        (tmp_path / "out" / f"{split}.csv").open(encoding="utf-8-sig", newline=""))]
+    assert len(rows) == 29 and "1" not in {row["annotation_id"] for row in rows}
+    assert "市住房和城乡建设管理委员会" not in {row["Response"] for row in rows}
+
+
 def test_filters_by_project_date_range_and_annotator(tmp_path):
     store = Store(tmp_path / "s.sqlite3")
     store.upsert_label(gold(1, ticket("翠湖苑", "市教育局"), "市教育局", created_at="2025-01-15T10:00:00Z"))

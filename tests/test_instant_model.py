@@ -127,3 +127,4 @@ def test_a_capped_refit_keeps_every_departments_newest_labels():
     assert [l.seq for l in kept if l.department == "甲"] == [99, 98, 97, 96, 95, 94, 93, 92, 91, 89]
     _, metrics = fit_on_labels("v", ["甲", "乙"], labels, {}, max_train_labels=20)
     assert metrics["labels"] == 100 and metrics["fitted_labels"] == 20
+

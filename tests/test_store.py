@@ -10,6 +10,7 @@ from pathlib import Path
 
 from core.jobs import JobStatus
 from core.store import HISTORY, Label, Store, now, text_key
+from learning.instant_model import newest_per_department
 
 
 def label(annotation_id: int, department: str = "市公安局", text: str | None = None, updated_at: str = "2026-01-01T00:00:00Z",
@@ -214,3 +215,20 @@ def test_two_workers_never_claim_the_same_round_and_a_lost_one_is_redone_once(st
     assert store.serving_version(1, "llm") is None
     again = store.claim_job(None, "train", "worker-9")
     assert store.promote_for_job(again.id, "worker-9", again.project_id, "lora-1") or again.project_id != 1
+
+
+def test_the_store_picks_the_same_capped_sample_without_reading_every_label(store_location):
+    """The refit process asks the store for its sample, so a refit at 10^6 labels does not load 10^6 of them."""
+    store = Store(store_location)
+    for i in range(1, 301):
+        store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=f"第{i}号工单：路灯不亮",
+                                 department=("甲", "乙", "丙")[min(i % 10, 2)]))
+    store.upsert_label(Label(annotation_id=999, project_id=1, task_id=999, text="旧标签", department="已撤销的部门"))
+    sample, total = store.training_sample(1, ["甲", "乙", "丙"], 40)
+    train, held_out = [l for l in sample if l.split == "train"], [l for l in sample if l.split == "eval"]
+    assert total == 300 and held_out
+    known = [l for l in store.labels(1, split="train") if l.department != "已撤销的部门"]
+    assert {l.seq for l in train} == {l.seq for l in newest_per_department(known, 40)}
+    assert [l.seq for l in held_out] == [l.seq for l in store.labels(1, split="eval") if l.department != "已撤销的部门"]
+    everything = sorted(store.training_sample(1, ["甲", "乙", "丙"], None)[0], key=lambda l: l.seq)
+    assert everything == [l for l in store.labels(1) if l.department != "已撤销的部门"]

@@ -14,10 +14,15 @@ import os
 import random
 import shutil
 import sys
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+import tempfile
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from core.annotations import NotGold, gold_label
 from core.label_studio import LabelStudioRejected, LabelStudioUnavailable
@@ -37,6 +42,10 @@ ACCEPTED = {1: "accepted", 0: "corrected", None: ""}
 
 class ExportError(ValueError):
     """The export cannot run as asked; the message says what to change."""
+
+
+class NothingToExport(ExportError):
+    """No label matches the selection."""
 
 
 # -- choosing labels ---------------------------------------------------------------------------------------------
@@ -70,22 +79,36 @@ def _time_of(label: StoredLabel, *fields: str) -> datetime:
     return _moment(label.stored_at)
 
 
-def select_labels(store: Store, project: int | None = None, since: str | None = None, until: str | None = None,
-                  annotators: set[str] | None = None) -> list[StoredLabel]:
+class Selection:
     """The store's gold labels of `project` (None: every project) by one of `annotators` (None: anyone), labelled
-    from `since` up to `until`. Both are ISO dates or date-times compared with the label's created_at (stored_at
-    when Label Studio sent none); `since` is inclusive, `until` is not, but a bare `until` date includes its whole day."""
-    start = _bound("since", since) if since else None
-    end = _bound("until", until, end_of_day=True) if until else None
-    selected = []
-    for label in store.labels(project_id=project):
-        if annotators and label.annotator not in annotators:
-            continue
-        moment = _time_of(label, "created_at") if start or end else None
-        if (start and moment < start) or (end and moment >= end):
-            continue
-        selected.append(label)
-    return selected
+    from `since` up to `until`, read from the store in batches each time it is iterated (in store order): an export
+    of a million labels holds one batch, not the million. Both bounds are ISO dates or date-times compared with the
+    label's created_at (stored_at when Label Studio sent none); `since` is inclusive, `until` is not, but a bare
+    `until` date includes its whole day."""
+
+    def __init__(self, store: Store, project: int | None = None, since: str | None = None, until: str | None = None,
+                 annotators: set[str] | None = None):
+        self.store, self.project, self.annotators = store, project, annotators
+        self.start = _bound("since", since) if since else None
+        self.end = _bound("until", until, end_of_day=True) if until else None
+
+    def __iter__(self) -> Iterator[StoredLabel]:
+        for label in self.store.iter_labels(project_id=self.project):
+            if self.annotators and label.annotator not in self.annotators:
+                continue
+            moment = _time_of(label, "created_at") if self.start or self.end else None
+            if (self.start and moment < self.start) or (self.end and moment >= self.end):
+                continue
+            yield label
+
+    def upper_bound(self) -> int:
+        """How many labels a pass reads at most (the progress bar's total)."""
+        return self.store.count_labels(self.project)
+
+
+def select_labels(store: Store, project: int | None = None, since: str | None = None, until: str | None = None,
+                  annotators: set[str] | None = None) -> Selection:
+    return Selection(store, project, since, until, annotators)
 
 
 # -- shaping the data set ----------------------------------------------------------------------------------------
@@ -94,44 +117,68 @@ def _brief(label: StoredLabel) -> dict:
             "updated_at": label.updated_at}
 
 
-def remove_duplicates(labels: Sequence[StoredLabel]) -> tuple[list[StoredLabel], int, list[dict]]:
-    """One label per text (whitespace does not make a new text): the most recently updated one.
+@dataclass
+class Plan:
+    """What the export writes, worked out from one pass over the labels and held as arrays of a few bytes a label:
+    the store positions (seq) kept after de-duplication and those of them in test, both sorted."""
+    labels: int
+    last_seq: int
+    kept: np.ndarray
+    test: np.ndarray
+    departments: dict[str, dict[str, int]]
+    conflict_groups: list[np.ndarray]  # the seqs of each conflicting text, its kept (newest) label last
 
-    Returns (kept labels in store order, number removed, conflicts); a conflict is a text whose copies disagree
-    on the department, reported with the label kept and those dropped."""
-    groups: dict[str, list[StoredLabel]] = defaultdict(list)
-    for label in labels:
-        groups[label.text_key].append(label)
-    kept, conflicts = [], []
-    for group in groups.values():
-        newest = max(group, key=lambda l: (_time_of(l, "updated_at", "created_at"), l.seq))
-        kept.append(newest)
-        if len({l.department for l in group}) > 1:
-            conflicts.append({"text": newest.text[:200], "kept": _brief(newest),
-                              "dropped": [_brief(l) for l in group if l is not newest]})
-    kept.sort(key=lambda l: l.seq)
-    return kept, len(labels) - len(kept), conflicts
+    @property
+    def splits(self) -> dict[str, int]:
+        return {"train": len(self.kept) - len(self.test), "test": len(self.test)}
 
 
-def stratified_split(labels: Sequence[StoredLabel], test_fraction: float, seed: int) -> dict[str, list[StoredLabel]]:
-    """A seeded train/test split, stratified by department: a department with n >= 2 rows puts round(n *
-    test_fraction) of them into test, but at least one and never all; a department's single row trains.
+def plan_export(labels: Iterable[StoredLabel], test_fraction: float, seed: int, dedupe: bool, progress: bool = False,
+                total: int | None = None) -> Plan:
+    """De-duplicate and split in one streaming pass.
 
-    Per department rather than sklearn's stratified train_test_split, which refuses outright when the test set
-    has fewer rows than there are departments (70 departments, a few hundred labels) and may leave a small
-    department out of test altogether."""
+    De-duplication: one label per text (whitespace does not make a new text), the most recently updated one; a
+    text whose copies disagree on the department is a conflict. The split is seeded and stratified by department:
+    a department with n >= 2 kept rows puts round(n * test_fraction) of them into test, but at least one and never
+    all; a department's single row trains. Per department rather than sklearn's stratified train_test_split, which
+    refuses outright when the test set has fewer rows than there are departments (70 departments, a few hundred
+    labels) and may leave a small department out of test altogether."""
+    keys, moments, seqs, codes = array("Q"), array("d"), array("q"), array("l")
+    department_code: dict[str, int] = {}
+    for label in tqdm(labels, total=total, desc="reading labels", unit="label", disable=not progress):
+        keys.append(int(label.text_key[:16], 16))  # 64 bits of the text's SHA-1: a collision is a 1-in-10^7 event at 10^6 texts
+        moments.append(_time_of(label, "updated_at", "created_at").timestamp())
+        seqs.append(label.seq)
+        codes.append(department_code.setdefault(label.department, len(department_code)))
+    key, moment, seq, code = (np.frombuffer(a, dtype=t) if len(a) else np.zeros(0, t)
+                              for a, t in ((keys, np.uint64), (moments, np.float64), (seqs, np.int64), (codes, np.int64)))
+    conflict_groups = []
+    if dedupe and len(seq):
+        order = np.lexsort((seq, moment, key))  # by text, then time, then store position: each text's newest last
+        last = np.r_[key[order][1:] != key[order][:-1], True]
+        first = np.r_[True, last[:-1]]
+        starts, ends = np.flatnonzero(first), np.flatnonzero(last) + 1
+        mixed = np.flatnonzero(np.maximum.reduceat(code[order], starts) != np.minimum.reduceat(code[order], starts))
+        conflict_groups = sorted((seq[order[starts[g]:ends[g]]] for g in mixed), key=lambda group: group[-1])
+        keep = np.sort(order[last])
+    else:
+        keep = np.arange(len(seq))
+    kept_seq, kept_code = seq[keep], code[keep]
     rng = random.Random(seed)
-    by_department: dict[str, list[StoredLabel]] = defaultdict(list)
-    for label in labels:
-        by_department[label.department].append(label)
-    test_ids = set()
-    for department in sorted(by_department):
-        rows = by_department[department]
-        if len(rows) >= 2:
-            n_test = min(len(rows) - 1, max(1, math.floor(len(rows) * test_fraction + 0.5)))
-            test_ids.update(l.annotation_id for l in rng.sample(rows, n_test))
-    return {"train": [l for l in labels if l.annotation_id not in test_ids],
-            "test": [l for l in labels if l.annotation_id in test_ids]}
+    names = {c: name for name, c in department_code.items()}
+    test, departments = [], {}
+    for c in sorted(set(kept_code.tolist()), key=names.get):
+        rows = kept_seq[kept_code == c].tolist()  # in store order, as the split has always drawn them
+        n_test = min(len(rows) - 1, max(1, math.floor(len(rows) * test_fraction + 0.5))) if len(rows) >= 2 else 0
+        test.extend(rng.sample(rows, n_test))
+        departments[names[c]] = {"train": len(rows) - n_test, "test": n_test}
+    return Plan(labels=len(seq), last_seq=int(seq.max()) if len(seq) else 0, kept=kept_seq,
+                test=np.sort(np.array(test, dtype=np.int64)), departments=departments, conflict_groups=conflict_groups)
+
+
+def _contains(sorted_values: np.ndarray, value: int) -> bool:
+    i = np.searchsorted(sorted_values, value)
+    return bool(i < len(sorted_values) and sorted_values[i] == value)
 
 
 def _row(label: StoredLabel, split: str) -> dict:
@@ -140,75 +187,145 @@ def _row(label: StoredLabel, split: str) -> dict:
             "accepted": ACCEPTED[label.accepted], "split": split}
 
 
-# -- writers: each takes {split: rows} and the folder, and returns the names it wrote ---------------------------
-def _write_jsonl(splits: dict[str, list[dict]], out_dir: Path) -> list[str]:
-    for name, rows in splits.items():
-        with (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps({c: row[c] for c in RECIPE_COLUMNS}, ensure_ascii=False) + "\n" for row in rows)
-    return [f"{name}.jsonl" for name in splits]
+# -- writers: each opens its files in the folder, takes rows one split at a time, and returns the names it wrote --
+class _JsonlWriter:
+    def __init__(self, out_dir: Path):
+        self.files = {name: (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") for name in SPLITS}
+
+    def write(self, split: str, rows: list[dict]) -> None:
+        self.files[split].writelines(json.dumps({c: row[c] for c in RECIPE_COLUMNS}, ensure_ascii=False) + "\n" for row in rows)
+
+    def close(self) -> list[str]:
+        for f in self.files.values():
+            f.close()
+        return [f"{name}.jsonl" for name in SPLITS]
 
 
-def _write_hf(splits: dict[str, list[dict]], out_dir: Path) -> list[str]:
-    from datasets import Dataset, DatasetDict, Features, Value
-
-    features = Features({c: Value(COLUMN_TYPES.get(c, "string")) for c in COLUMNS})
-    # datasets cannot load back a split saved with no rows, so an empty split is left out
-    dataset = DatasetDict({name: Dataset.from_dict({c: [row[c] for row in rows] for c in COLUMNS}, features=features)
-                           for name, rows in splits.items() if rows})
-    shutil.rmtree(out_dir / "hf", ignore_errors=True)  # a split left from an earlier export must not linger
-    dataset.save_to_disk(str(out_dir / "hf"))
-    for name in splits:
-        parquet = out_dir / f"{name}.parquet"
-        if name in dataset:
-            dataset[name].to_parquet(str(parquet))
-        else:
-            parquet.unlink(missing_ok=True)
-    return ["hf", *(f"{name}.parquet" for name in dataset)]
-
-
-def _write_csv(splits: dict[str, list[dict]], out_dir: Path) -> list[str]:
-    for name, rows in splits.items():
+class _CsvWriter:
+    def __init__(self, out_dir: Path):
         # the byte-order mark makes Excel read the file as UTF-8 instead of the local code page
-        with (out_dir / f"{name}.csv").open("w", encoding="utf-8-sig", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        self.files = {name: (out_dir / f"{name}.csv").open("w", encoding="utf-8-sig", newline="") for name in SPLITS}
+        self.writers = {name: csv.DictWriter(f, fieldnames=COLUMNS) for name, f in self.files.items()}
+        for writer in self.writers.values():
             writer.writeheader()
-            writer.writerows(rows)
-    return [f"{name}.csv" for name in splits]
+
+    def write(self, split: str, rows: list[dict]) -> None:
+        self.writers[split].writerows(rows)
+
+    def close(self) -> list[str]:
+        for f in self.files.values():
+            f.close()
+        return [f"{name}.csv" for name in SPLITS]
 
 
-WRITERS = {"jsonl": _write_jsonl, "hf": _write_hf, "csv": _write_csv}
+class _HfWriter:
+    """Parquet written a row group at a time; the DatasetDict is then built from those files by Arrow, which reads
+    them in batches (memory-mapped), so neither step holds the data set."""
+
+    def __init__(self, out_dir: Path):
+        import pyarrow as pa
+
+        self.out_dir = out_dir
+        self.schema = pa.schema([(c, pa.int64() if COLUMN_TYPES.get(c) == "int64" else pa.float64() if c in COLUMN_TYPES else pa.string())
+                                 for c in COLUMNS])
+        self.writers: dict = {}
+        for name in SPLITS:
+            (out_dir / f"{name}.parquet").unlink(missing_ok=True)
+
+    def write(self, split: str, rows: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if split not in self.writers:
+            self.writers[split] = pq.ParquetWriter(self.out_dir / f"{split}.parquet", self.schema)
+        table = pa.Table.from_pylist([{c: (str(v) if v is not None and c not in COLUMN_TYPES else v) for c, v in row.items()}
+                                      for row in rows], schema=self.schema)
+        self.writers[split].write_table(table)
+
+    def close(self) -> list[str]:
+        from datasets import Dataset, DatasetDict, Features, Value
+
+        for writer in self.writers.values():
+            writer.close()
+        features = Features({c: Value(COLUMN_TYPES.get(c, "string")) for c in COLUMNS})
+        written = [name for name in SPLITS if name in self.writers]  # datasets cannot load back a split with no rows
+        shutil.rmtree(self.out_dir / "hf", ignore_errors=True)  # a split left from an earlier export must not linger
+        with tempfile.TemporaryDirectory(dir=self.out_dir, prefix=".hf-cache-") as cache:
+            DatasetDict({name: Dataset.from_parquet(str(self.out_dir / f"{name}.parquet"), features=features, cache_dir=cache)
+                         for name in written}).save_to_disk(str(self.out_dir / "hf"))
+        return ["hf", *(f"{name}.parquet" for name in written)]
 
 
-def export_gold(labels: Sequence[StoredLabel], out_dir: str | Path, formats: Sequence[str] = FORMATS,
-                test_fraction: float = 0.2, seed: int = 3407, dedupe: bool = True) -> dict:
-    """Write `labels` (already selected, e.g. by ``select_labels``) under `out_dir` in `formats`:
+SPLITS = ("train", "test")
+WRITERS = {"jsonl": _JsonlWriter, "hf": _HfWriter, "csv": _CsvWriter}
+BATCH = 5000
+
+
+def export_gold(labels: Iterable[StoredLabel], out_dir: str | Path, formats: Sequence[str] = FORMATS,
+                test_fraction: float = 0.2, seed: int = 3407, dedupe: bool = True, progress: bool = False) -> dict:
+    """Write `labels` (a selection such as ``select_labels`` returns, read twice) under `out_dir` in `formats`:
 
     * jsonl: train.jsonl / test.jsonl, one {"Question", "Complex_CoT", "Response"} object a line (the recipe's);
     * hf: a DatasetDict saved in out_dir/hf, and train.parquet / test.parquet;
     * csv: train.csv / test.csv in UTF-8 with a byte-order mark.
 
-    hf and csv rows carry provenance columns too (PROVENANCE_COLUMNS). Returns a report of what was done."""
+    hf and csv rows carry provenance columns too (PROVENANCE_COLUMNS). The first pass plans (de-duplication, the
+    split), the second writes in batches; a label changed in the store between the passes is left out and
+    counted. Returns a report of what was done."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ExportError(f"unknown format {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
     if not 0 < test_fraction < 1:
         raise ExportError(f"the test fraction must be between 0 and 1, got {test_fraction}")
-    if not labels:
-        raise ExportError("there are no labels to export")
-    kept, removed, conflicts = remove_duplicates(labels) if dedupe else (list(labels), 0, [])
-    split = stratified_split(kept, test_fraction, seed)
-    rows = {name: [_row(label, name) for label in part] for name, part in split.items()}
+    total = labels.upper_bound() if isinstance(labels, Selection) else None
+    plan = plan_export(labels, test_fraction, seed, dedupe, progress, total)
+    if not plan.labels:
+        raise NothingToExport("there are no labels to export")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [name for fmt in dict.fromkeys(formats) for name in WRITERS[fmt](rows, out_dir)]
-    per_split = {name: Counter(l.department for l in part) for name, part in split.items()}
+    writers = [WRITERS[fmt](out_dir) for fmt in dict.fromkeys(formats)]
+    in_conflict = {int(s): i for i, group in enumerate(plan.conflict_groups) for s in group}
+    briefs: dict[int, dict] = {}
+    written = 0
+    batch: dict[str, list[dict]] = {name: [] for name in SPLITS}
+
+    def flush():
+        for name, rows in batch.items():
+            if rows:
+                for writer in writers:
+                    writer.write(name, rows)
+                rows.clear()
+
+    with tqdm(total=len(plan.kept), desc="writing", unit="row", disable=not progress) as bar:
+        for label in labels:
+            if label.seq > plan.last_seq:
+                continue
+            if label.seq in in_conflict:
+                briefs[label.seq] = {**_brief(label), "text": label.text[:200]}
+            if not _contains(plan.kept, label.seq):
+                continue
+            split = "test" if _contains(plan.test, label.seq) else "train"
+            batch[split].append(_row(label, split))
+            written += 1
+            bar.update()
+            if written % BATCH == 0:
+                flush()
+        flush()
+    files = [name for writer in writers for name in writer.close()]
+    conflicts = []
+    for group in plan.conflict_groups:
+        seen = [briefs[int(s)] for s in group if int(s) in briefs]
+        if len(seen) == len(group):  # a copy changed between the passes: no longer the conflict planned
+            kept = seen.pop()
+            conflicts.append({"text": kept.pop("text"), "kept": kept, "dropped": [{k: v for k, v in b.items() if k != "text"} for b in seen]})
     return {
-        "labels": len(labels),
-        "exported": len(kept),
-        "duplicates_removed": removed,
+        "labels": plan.labels,
+        "exported": written,
+        "duplicates_removed": plan.labels - len(plan.kept),
+        "changed_during_export": len(plan.kept) - written,
         "conflicts": conflicts,
-        "splits": {name: len(part) for name, part in split.items()},
-        "departments": {d: {name: per_split[name][d] for name in split} for d in sorted({l.department for l in kept})},
+        "splits": plan.splits,
+        "departments": dict(sorted(plan.departments.items())),
         "test_fraction": test_fraction,
         "seed": seed,
         "dedupe": dedupe,
@@ -330,10 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         except StoreMissing as exc:
             raise ExportError(str(exc)) from None
         labels = select_labels(store, args.project, args.since, args.until, set(args.annotator or ()))
-        if not labels:
-            raise ExportError(_nothing_selected(store, args))
         comparison = _compare(settings, store, args.from_label_studio) if args.from_label_studio is not None else None
-        report = export_gold(labels, args.out, args.formats or FORMATS, args.test_fraction, args.seed, args.dedupe)
+        try:
+            report = export_gold(labels, args.out, args.formats or FORMATS, args.test_fraction, args.seed, args.dedupe,
+                                 progress=True)
+        except NothingToExport:
+            raise ExportError(_nothing_selected(store, args)) from None
     except (ExportError, LabelConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
