@@ -35,6 +35,7 @@ from learning import refit
 log = logging.getLogger(__name__)
 
 INSTANT, LLM = ModelKind.INSTANT, ModelKind.LLM
+ONLINE_MAX_PENDING = 1000  # labels the serving model takes in by online updates at one go; more wait for the refit
 
 
 class ModelPreparing(RuntimeError):
@@ -57,6 +58,9 @@ class ProjectLine:
     state: str = "preparing"
     note: str = ""
     ready: threading.Event = field(default_factory=threading.Event)
+    learnt_seq: int = 0  # the project's labels up to this sequence number are in the serving instant model
+    online_labels: int = 0  # of them, taken in by online updates since its fit
+    learning: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def serving(self) -> Classifier | None:
@@ -69,6 +73,7 @@ class ProjectLine:
         return {"project": self.project_id, "state": self.state, "departments": len(self.space.departments),
                 "serving_version": serving.version if serving is not None and self.ready.is_set() else None,
                 "instant_version": self.instant.version if self.instant is not None else None,
+                "online_labels": self.online_labels,
                 "llm_version": self.llm_version, **({"note": self.note} if self.note else {})}
 
 
@@ -184,7 +189,7 @@ class ModelManager:
             if clf is None:
                 clf = self._fit_catalog_prototypes(line)
                 line.note = "serving the catalog's prototypes until the refit on this project's labels finishes"
-            line.instant = clf
+            self._serve_instant(line, clf)
             if self._engine is not None:
                 self.follow_llm(line)
             line.state = "ready"
@@ -240,12 +245,28 @@ class ModelManager:
                 continue
         raise RuntimeError("the serving model kept changing during one request")
 
-    def learn(self, project_id: int, texts: Sequence[str], departments: Sequence[str]) -> None:
-        """New gold labels: the serving instant model takes them in at once where it can (a cheap update); the
-        full refit is queued by the service."""
-        clf = self.line(project_id).instant
-        if clf is not None and hasattr(clf, "update"):
-            clf.update(list(texts), list(departments))
+    def _serve_instant(self, line: ProjectLine, clf: Classifier) -> None:
+        version = self.store.get_version(line.project_id, clf.version)
+        with line.learning:
+            line.instant, line.online_labels = clf, 0
+            line.learnt_seq = version.data.get("project_seq", 0) if version is not None else 0
+        self.learn(line.project_id)  # labels that arrived during its fit
+
+    def learn(self, project_id: int) -> None:
+        """New gold labels of the project: the serving instant model takes them in at once where it can (an online
+        update, ``update``; milliseconds), until the full refit the service queues replaces it. Past
+        ONLINE_MAX_PENDING labels (a history import, a long-stopped replica) only the refit takes them in."""
+        line = self.line(project_id)
+        clf = line.instant
+        if clf is None or not hasattr(clf, "update"):
+            return
+        with line.learning:  # one catch-up at a time: every label is taken in once
+            if line.instant is not clf or self.store.count_labels(project_id, since_seq=line.learnt_seq) > ONLINE_MAX_PENDING:
+                return
+            labels = self.store.labels(project_id, since_seq=line.learnt_seq)
+            if labels:
+                line.online_labels += clf.update([l.text for l in labels], [l.department for l in labels])
+                line.learnt_seq = labels[-1].seq
 
     # -- following the registry (promotions, rollbacks, other replicas) ---------------------------------------
     def follow_registry(self) -> None:
@@ -256,9 +277,11 @@ class ModelManager:
             current = line.instant
             if wanted is not None and current is not None and wanted.name != current.version and \
                     wanted.data.get("departments_hash") == refit.departments_hash(line.space.departments):
-                line.instant = refit.load(self.settings, line.project_id, wanted.name)
+                self._serve_instant(line, refit.load(self.settings, line.project_id, wanted.name))
                 line.note = ""
                 log.info("project %d: now serving instant model %s (was %s)", line.project_id, wanted.name, current.version)
+            else:
+                self.learn(line.project_id)  # labels another replica stored, or a pull from Label Studio
             if self._engine is not None:
                 self.follow_llm(line)
 

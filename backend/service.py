@@ -243,7 +243,7 @@ class Service:
         else:
             outcome = self.store.upsert_label(label)
             if outcome in ("created", "updated"):
-                self.models.learn(project_id, [label.text], [label.department])
+                self.models.learn(project_id)
                 self._labels_changed(project_id)
                 self.router.reviewed(project_id, label.task_id, label.department)
             if is_user_id(label.annotator):  # not in the cache yet: named in the background, the webhook answers now

@@ -12,6 +12,7 @@ edits, on the 70 catalog departments), then measured through the product's own p
   /webhook      200 new labels one by one, p50/p99, while /health is polled (p99): the labels queue a refit, so
                 part of this runs beside a refit's worker process
   export        ``python -m backend export`` (JSONL + CSV): seconds and peak RSS
+  quality       ``python -m backend quality-report`` (5 out-of-fold fits of every label): seconds and peak RSS
   store         size on disk per label
 
 A step that goes past --step-timeout is stopped and reported as such, with the sizes after it skipped for that step.
@@ -151,8 +152,9 @@ def measure(n: int, seed: int, timeout: float, skip: set[str]) -> dict:
         job, _ = store.request_job(JobKind.REFIT, "bench", PROJECT)
         store.close()
         steps = {"refit": [sys.executable, "-m", "learning.refit", "--job", str(job.id)],
-                 "export": [sys.executable, "-m", "backend", "export", "--out", str(Path(tmp) / "export"), "--format", "jsonl", "--format", "csv"]}
-        for name in ("refit", "serve", "export"):
+                 "export": [sys.executable, "-m", "backend", "export", "--out", str(Path(tmp) / "export"), "--format", "jsonl", "--format", "csv"],
+                 "quality": [sys.executable, "-m", "backend", "quality-report", "--out", str(Path(tmp) / "quality"), "--project", str(PROJECT)]}
+        for name in ("refit", "serve", "export", "quality"):
             if name in skip:
                 row[name] = "skipped: an earlier size ran past --step-timeout"
                 continue

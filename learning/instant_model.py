@@ -45,6 +45,9 @@ CALIBRATION_FOLDS = 3
 CALIBRATION_MAX_ROWS = 2000
 CALIBRATION_MIN_ROWS = 50  # below this, a few rows a fold say little about a temperature: the method's constant serves
 CALIBRATION_MIN_PER_DEPARTMENT = 2  # on average: with fewer, most out-of-fold rows are of departments the fold never saw
+# PA-I's bound on one step (its C): 1 lets a single correction turn the ticket's answer round (the SVM's margins
+# are of order 1), while a mislabelled ticket moves the weights by at most one ticket's features until the refit.
+ONLINE_AGGRESSIVENESS = 1.0
 TEMPERATURE_BOUNDS = (0.1, 1000.0)  # the search's range; the constants are 8 (SVM) and 100 (prototype cosines)
 
 
@@ -150,6 +153,36 @@ class LinearSvmClassifier(_TfidfClassifier):
                 self._svm = LinearSVC(C=1.0, random_state=0).fit(features, ys)
             self._columns = np.array([index[c] for c in self._svm.classes_])
         return self
+
+    def update(self, texts: Sequence[str], labels: Sequence[str]) -> int:
+        """Take in new labels at once, before the next refit: one passive-aggressive step per label on each
+        one-vs-rest weight vector (PA-I, Crammer et al. 2006, "Online Passive-Aggressive Algorithms", JMLR 7), the
+        smallest change that gives the ticket a margin of 1 for its department and -1 for every other, bounded by
+        ONLINE_AGGRESSIVENESS. A corrected ticket, and any near-copy of it, is answered with the correction from
+        then on; n-grams the fit never saw are not learnt (the refit learns them). Returns the labels taken in."""
+        if len(self.departments) < 2:
+            return 0
+        column = {c: i for i, c in enumerate(self._svm.classes_)}
+        pairs = [(t, column[y]) for t, y in zip(self._clip(texts), labels) if y in column]
+        if not pairs:
+            return 0
+        features = self._vectorizer.transform([t for t, _ in pairs])
+        coef, intercept = self._svm.coef_, self._svm.intercept_
+        for row, (_, target) in enumerate(pairs):
+            start, end = features.indptr[row], features.indptr[row + 1]
+            idx, values = features.indices[start:end], features.data[start:end]
+            norm = float(values @ values)
+            if norm == 0:
+                continue
+            if coef.shape[0] == 1:  # two departments: one weight vector, positive for classes_[1]
+                signs = np.array([1.0 if target == 1 else -1.0])
+            else:
+                signs = np.full(coef.shape[0], -1.0)
+                signs[target] = 1.0
+            loss = np.maximum(0.0, 1.0 - signs * (coef[:, idx] @ values + intercept))
+            step = np.minimum(ONLINE_AGGRESSIVENESS, loss / norm)
+            coef[:, idx] += (step * signs)[:, None] * values[None, :]
+        return len(pairs)
 
     def _scores(self, features) -> np.ndarray:
         decision = np.atleast_2d(self._svm.decision_function(features))

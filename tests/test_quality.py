@@ -60,6 +60,21 @@ def test_a_flipped_label_is_among_the_top_suspected_errors(tmp_path):
     assert report["summary"]["cv_accuracy"] > 0.9
 
 
+def test_with_a_cap_on_each_folds_fit_every_label_is_still_checked(tmp_path, monkeypatch):
+    """At 10^5-10^6 labels each fold learns a bounded sample (newest per department), as the service's refit does."""
+    from tools import quality
+
+    store = learnable_store(tmp_path / "s.sqlite3", flips={8: "市教育局"})
+    fitted = []
+    fit = quality.LinearSvmClassifier.fit
+    monkeypatch.setattr(quality.LinearSvmClassifier, "fit", lambda self, texts, *a, **k: fitted.append(len(texts)) or fit(self, texts, *a, **k))
+
+    report = quality_report(store.labels(), DEPARTMENTS, max_train_labels=24)
+
+    assert fitted == [24] * 5 and report["summary"]["judged"] == 45
+    assert 8 in [e["annotation_id"] for e in report["suspected_errors"][:3]]
+
+
 def test_confusable_pairs_put_the_most_confused_pair_first(tmp_path):
     flips = {201: "市自来水公司", 202: "市自来水公司", 203: "市自来水公司", 101: "市教育局"}
     store = learnable_store(tmp_path / "s.sqlite3", flips)

@@ -1,6 +1,7 @@
 """The instant model's full refits run in a worker process and can never take serving down: a refit that fails
 leaves the last good model answering (and says so in /status and /metrics); a start whose saved model cannot be
-loaded answers from the catalog's prototypes, says so, and refits; a refit keeps the serving method on near-ties."""
+loaded answers from the catalog's prototypes, says so, and refits; a refit keeps the serving method on near-ties;
+between refits, the serving model takes new labels in at once."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from core.jobs import JobKind, ModelKind
 from core.labeling import parse_label_config
 from core.store import Label, open_store
 from learning import refit
+from learning.instant_model import LinearSvmClassifier
 from tests.helpers import LABEL_CONFIG, SAMPLES, annotation_event, predict_body, wait_until
 
 
@@ -90,3 +92,38 @@ def test_a_refit_tells_the_method_choice_which_method_serves(settings, monkeypat
     refit.run_refit(job.id, "test-worker", settings)
     assert asked == ["svm"]
     assert store.serving_version(1, ModelKind.INSTANT).name == "instant-2"
+
+
+def test_a_correction_is_answered_at_once_long_before_the_next_refit(settings):
+    """At 10^6 labels a refit takes a minute; an annotator who corrects a ticket should not see the same ticket (a
+    caller ringing again) routed to the old department meanwhile."""
+    store = open_store(settings)
+    departments = parse_label_config(LABEL_CONFIG).departments
+    store.remember_project(1, LABEL_CONFIG, departments)
+    for i, sample in enumerate(SAMPLES[:40], start=1):
+        store.upsert_label(Label(annotation_id=i, project_id=1, task_id=i, text=sample["text"], department=sample["department"]))
+    clf = LinearSvmClassifier("instant-1", departments).fit([s["text"] for s in SAMPLES[:40]], [s["department"] for s in SAMPLES[:40]],
+                                                            refit.seed_texts(settings, 1))
+    refit.register(store, settings, 1, clf, {"method": "svm", "data": {"project_seq": store.project_seq(1),
+                                                                         "departments_hash": refit.departments_hash(departments)}},
+                   parent=None, promote=True)
+    app = create_app(settings.replace(instant_refit_seconds=3600))  # no refit comes within this test
+    service, client = app.extensions["service"], app.test_client()
+    post(client, "/setup", {"project": "1.1", "schema": LABEL_CONFIG})
+    ticket = SAMPLES[60]["text"]
+
+    def answer(text: str) -> dict:
+        return post(client, "/predict", predict_body([text], project="1.1")).get_json()["results"][0]
+
+    before = answer(ticket)
+    assert before["model_version"] == "instant-1"
+    suggested = before["result"][0]["value"]["choices"][0]
+    corrected = next(d for d in departments if d != suggested and d != SAMPLES[60]["department"])
+    post(client, "/webhook", annotation_event("ANNOTATION_CREATED", 500, 500, ticket, corrected))
+
+    for text in (ticket, ticket[:-3] + "谢谢。"):  # the ticket, and the caller's next call about it
+        after = answer(text)
+        assert after["model_version"] == "instant-1" and after["result"][0]["value"]["choices"][0] == corrected
+    assert project(client, 1)["online_labels"] == 1
+    assert service.store.serving_version(1, ModelKind.INSTANT).name == "instant-1"  # no refit did this
+    service.stop()

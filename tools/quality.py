@@ -20,7 +20,7 @@ from statistics import mean
 
 from core.settings import Settings, SettingsError
 from core.store import StoredLabel, StoreMissing, open_store, text_key
-from learning.instant_model import LinearSvmClassifier
+from learning.instant_model import LinearSvmClassifier, newest_per_department
 
 TEXT_CHARS = 200
 TOP_PAIRS = 20
@@ -90,12 +90,14 @@ def _judge(model: LinearSvmClassifier, held_out: Sequence[StoredLabel], column: 
     return judged
 
 
-def cross_validate(labels: Sequence[StoredLabel], departments: Sequence[str], folds: int, seed: int
-                   ) -> tuple[list[Judged], int, str | None]:
+def cross_validate(labels: Sequence[StoredLabel], departments: Sequence[str], folds: int, seed: int,
+                   max_train_labels: int | None = None) -> tuple[list[Judged], int, str | None]:
     """(judged, folds used, note): each judged label with what a model fitted on the other folds makes of it.
 
     Identical texts share a fold, so a copy cannot vouch for itself. A department's only label trains in every
-    fold and is not judged: a model that never saw the department could not predict it."""
+    fold and is not judged: a model that never saw the department could not predict it. With `max_train_labels`,
+    each fold's model learns at most that many of the other folds' labels, newest per department, as a refit does
+    (``newest_per_department``): at 10^5 labels and more, every label is still judged, by a fit of bounded cost."""
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold
@@ -117,6 +119,8 @@ def cross_validate(labels: Sequence[StoredLabel], departments: Sequence[str], fo
         warnings.simplefilter("ignore", UserWarning)  # "fewer members than n_splits" is expected for small departments
         for train_rows, held_out_rows in splitter.split(judged, [l.department for l in judged], [l.text_key for l in judged]):
             train = always_train + [judged[i] for i in train_rows]
+            if max_train_labels and len(train) > max_train_labels:
+                train = newest_per_department(train, max_train_labels)
             model = LinearSvmClassifier("quality-cv", space).fit(
                 [l.text for l in train], [l.department for l in train], seed_texts={d: d for d in space})
             results += _judge(model, [judged[i] for i in held_out_rows], column)
@@ -237,7 +241,7 @@ def annotator_agreement(labels: Sequence[StoredLabel]) -> dict:
 
 # -- the report --------------------------------------------------------------------------------------------------
 def quality_report(labels: Sequence[StoredLabel], departments: Sequence[str], folds: int = 5, seed: int = 0,
-                   ranking: str = DEFAULT_RANKING, ids: Mapping[int, str] | None = None) -> dict:
+                   ranking: str = DEFAULT_RANKING, ids: Mapping[int, str] | None = None, max_train_labels: int | None = None) -> dict:
     """Suspected label errors, confusable department pairs and annotator agreement (see annotator_agreement).
 
     suspected_errors: labels whose gold department differs from the prediction of a LinearSvmClassifier fitted
@@ -250,7 +254,7 @@ def quality_report(labels: Sequence[StoredLabel], departments: Sequence[str], fo
         raise ValueError(f"folds must be at least 2, got {folds}")
     if ranking not in SuspectRanking.METHODS:
         raise ValueError(f"unknown ranking {ranking!r}; choose one of {', '.join(SuspectRanking.METHODS)}")
-    judged, folds_used, note = cross_validate(labels, departments, folds, seed)
+    judged, folds_used, note = cross_validate(labels, departments, folds, seed, max_train_labels)
     suspected = _suspected_errors(judged, ranking, ids)
     return {
         "summary": {
@@ -466,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="how suspects are ordered, one of confident learning's scores: self_confidence (how "
                         "low the label's own score is) or normalized_margin (the suggestion's score above the label's) "
                         "(default: %(default)s)")
+    parser.add_argument("--max-train-labels", type=int, metavar="N",
+                        help="each fold's model learns at most N labels, newest per department, as the service's refits "
+                        "do; every label is still checked (default: the INSTANT_MAX_LABELS setting; 0: no cap)")
     parser.add_argument("--top", type=int, default=HTML_SUSPECTS, metavar="N",
                         help=f"suspects shown in the HTML, {PAGE_ROWS} a page; the JSON lists all (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -493,7 +500,13 @@ def main(argv: list[str] | None = None) -> int:
             print(found, file=sys.stderr)
             return 2
         labels, departments, label_studio_url = found
-    report = quality_report(labels, departments, args.folds, args.seed, args.ranking, ids)
+    if args.max_train_labels is None:
+        try:
+            args.max_train_labels = Settings.from_env().instant_max_labels
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+    report = quality_report(labels, departments, args.folds, args.seed, args.ranking, ids, args.max_train_labels)
     json_path, html_path = write_report(report, args.out, args.top, label_studio_url)
     summary, agreement = report["summary"], report["annotator_agreement"]
     print(f"{summary['labels']} labels, {summary['departments']} departments: {summary['suspected_errors']} suspected errors"
