@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU stage in one command on the lent H200 (see BENCHMARKS.md). Run from the repo root there, with
 # .whl (../shared/tools/gpu-wheelhouse) and .bench-data (tokenizer + Shanghai tickets) carried along:
-#   bash bench/gpu_run.sh [scoring] [training] [multi_adapter] [cold]     results land in $OUT (default ./out)
+#   bash bench/gpu_run.sh [scoring] [training] [multi_adapter] [eviction] [cold]     results land in $OUT (default ./out)
 # training: warm-up, our round with the defaults, the original recipe (same run); it reads MICRO_BATCH,
 # GRAD_ACCUMULATION, PAD (ours; 0 = auto), SECOND_ROUND (default 0) and ORIGINAL_ALSO_AT="M G".
 # cold: one round of ours on an empty compile cache (what the warm-up saves). multi_adapter: 1, 4 and 16 projects'
-# adapters beside one base, mixed-project traffic, and 16 with room for 4.
+# adapters beside one base, mixed-project traffic, and 16 with room for 4. eviction: only the last (EVICTION_TICKETS).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
@@ -29,5 +29,8 @@ for stage in $stages; do
     multi_adapter)
       python3 -m bench.multi_adapter $common --counts 1 4 16 --total 512 --callers 16 \
         --out "$OUT/multi_adapter.jsonl" 2>&1 | tee "$OUT/multi_adapter.log" ;;
+    eviction)
+      python3 -m bench.multi_adapter $common --counts 16 --total "${EVICTION_TICKETS:-128}" --callers 16 --eviction-only \
+        --out "$OUT/eviction.jsonl" 2>&1 | tee "$OUT/eviction.log" ;;
   esac
 done

@@ -16,6 +16,8 @@ edits, on the 70 catalog departments), then measured through the product's own p
   store         size on disk per label
 
 A step that goes past --step-timeout is stopped and reported as such, with the sizes after it skipped for that step.
+--departments 549 spreads the same tickets over 549 units (each catalog department split into sub-units, as the
+Shanghai letters' units are), the widest label space of the dev sets; --steps runs only some of the steps.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import requests
 
-from annotation_config.catalog import DEFAULT_LABELING_CONFIG, load_catalog
+from annotation_config.catalog import load_catalog, parse_catalog
+from annotation_config.labeling_config import render_labeling_config
 from bench.load import SAMPLES, event
 from core.jobs import JobKind
 from core.labeling import parse_label_config
@@ -42,10 +45,25 @@ from core.store import Label, Store
 from tools.demo import start_backend, stop_process
 from tools.local_label_studio import free_port
 
-CONFIG = DEFAULT_LABELING_CONFIG.read_text(encoding="utf-8")
 PROJECT = 1
 INGEST_CHUNK = 5000
 EDIT_CHARS = "的了是在有我他这中大来上个国到说们为子和你地出道也时年"
+STEPS = ("refit", "serve", "export", "quality")
+
+
+def label_space(departments: int) -> tuple[str, list[str]]:
+    """(labeling config, department names): the catalog's, or its departments split into sub-units up to `departments`
+    (the first unit keeps the catalog's name, so the sample tickets' own departments stay valid)."""
+    names = load_catalog().names
+    extra = [f"{name}第{k}分中心" for k in range(2, departments) for name in names][:max(0, departments - len(names))]
+    names = list(names) + extra
+    return render_labeling_config(parse_catalog([{"name": name} for name in names])), names
+
+
+def unit(department: str, i: int, names: list[str]) -> str:
+    """The ticket's sub-unit: tickets of one catalog department spread round its sub-units by number."""
+    units = [department] + [n for n in names[70:] if n.startswith(department + "第")]
+    return units[i % len(units)]
 
 
 def ticket(rng: random.Random, i: int) -> tuple[str, str]:
@@ -57,14 +75,14 @@ def ticket(rng: random.Random, i: int) -> tuple[str, str]:
     return "".join(chars) + f"（工单{i}）", sample["department"]
 
 
-def fill(store: Store, n: int, seed: int) -> float:
+def fill(store: Store, n: int, seed: int, names: list[str]) -> float:
     rng = random.Random(seed)
     started = time.perf_counter()
     for first in range(0, n, INGEST_CHUNK):
         batch = []
         for i in range(first, min(n, first + INGEST_CHUNK)):
             text, department = ticket(rng, i)
-            batch.append(Label(annotation_id=i + 1, project_id=PROJECT, task_id=i + 1, text=text, department=department,
+            batch.append(Label(annotation_id=i + 1, project_id=PROJECT, task_id=i + 1, text=text, department=unit(department, i, names),
                                annotator="bench", created_at="2026-12-01T00:00:00Z", source="history"))
         store.upsert_labels(batch)
     return n / (time.perf_counter() - started)
@@ -90,7 +108,7 @@ def percentile(values: list[float], q: float) -> float:
     return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
 
 
-def serve(model_dir: Path, env: dict, n: int, log: Path) -> dict:
+def serve(model_dir: Path, env: dict, n: int, log: Path, config: str) -> dict:
     """Start-up, /predict, and /webhook beside /health polls, against a running backend."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -101,7 +119,7 @@ def serve(model_dir: Path, env: dict, n: int, log: Path) -> dict:
     try:
         def predict(k: int) -> requests.Response:
             tasks = [{"id": i + 1, "data": {"text": t}} for i, t in enumerate(texts[:k])]
-            return requests.post(f"{url}/predict", json={"tasks": tasks, "project": f"{PROJECT}.1", "label_config": CONFIG}, timeout=300)
+            return requests.post(f"{url}/predict", json={"tasks": tasks, "project": f"{PROJECT}.1", "label_config": config}, timeout=300)
 
         while predict(1).status_code == 503:
             pass
@@ -128,7 +146,9 @@ def serve(model_dir: Path, env: dict, n: int, log: Path) -> dict:
         for i in range(200):
             sample = SAMPLES[i % len(SAMPLES)]
             t0 = time.perf_counter()
-            assert requests.post(f"{url}/webhook", json=event(n + 1 + i, sample), timeout=30).status_code == 200
+            body = event(n + 1 + i, sample)
+            body["project"]["label_config"] = config  # the project's own label space, not bench.load's catalog one
+            assert requests.post(f"{url}/webhook", json=body, timeout=30).status_code == 200
             hooks.append(time.perf_counter() - t0)
         stop.set()
         poller.join()
@@ -139,27 +159,28 @@ def serve(model_dir: Path, env: dict, n: int, log: Path) -> dict:
     return out
 
 
-def measure(n: int, seed: int, timeout: float, skip: set[str]) -> dict:
-    row: dict = {"labels": n}
+def measure(n: int, seed: int, timeout: float, skip: set[str], departments: int, steps: tuple[str, ...]) -> dict:
+    config, names = label_space(departments)
+    row: dict = {"labels": n, "departments": len(names)}
     with tempfile.TemporaryDirectory(prefix=f"volume-{n}-") as tmp:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         env = {**os.environ, "MODEL_DIR": str(model_dir), "RECONCILE_SECONDS": "0", "LOG_LEVEL": "WARNING"}
         store = Store(model_dir / "store.sqlite3")
-        space = parse_label_config(CONFIG)
-        store.remember_project(PROJECT, CONFIG, tuple(space.departments))
-        row["ingest_rows_per_s"] = round(fill(store, n, seed))
+        space = parse_label_config(config)
+        store.remember_project(PROJECT, config, tuple(space.departments))
+        row["ingest_rows_per_s"] = round(fill(store, n, seed, names))
         job, _ = store.request_job(JobKind.REFIT, "bench", PROJECT)
         store.close()
-        steps = {"refit": [sys.executable, "-m", "learning.refit", "--job", str(job.id)],
+        commands = {"refit": [sys.executable, "-m", "learning.refit", "--job", str(job.id)],
                  "export": [sys.executable, "-m", "backend", "export", "--out", str(Path(tmp) / "export"), "--format", "jsonl", "--format", "csv"],
                  "quality": [sys.executable, "-m", "backend", "quality-report", "--out", str(Path(tmp) / "quality"), "--project", str(PROJECT)]}
-        for name in ("refit", "serve", "export", "quality"):
+        for name in steps:
             if name in skip:
                 row[name] = "skipped: an earlier size ran past --step-timeout"
                 continue
             try:
-                row[name] = serve(model_dir, env, n, Path(tmp) / "backend.log") if name == "serve" else child(steps[name], env, timeout)
+                row[name] = serve(model_dir, env, n, Path(tmp) / "backend.log", config) if name == "serve" else child(commands[name], env, timeout)
             except Exception as exc:  # a step that fails is reported, the others still run
                 row[name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
             if isinstance(row[name], dict) and row[name].get("timed_out"):
@@ -174,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="label counts (default: %(default)s)")
     parser.add_argument("--step-timeout", type=float, default=1800, help="seconds one step may take (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--departments", type=int, default=70, help="size of the label space (default: the catalog's %(default)s)")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="steps to run after the ingest (default: all)")
     parser.add_argument("--out", type=Path, help="write the rows here as JSON")
     args = parser.parse_args(argv)
     load_catalog()  # fail early if the catalog is missing
     skip: set[str] = set()
-    rows = [measure(n, args.seed, args.step_timeout, skip) for n in args.sizes]
+    rows = [measure(n, args.seed, args.step_timeout, skip, args.departments, tuple(args.steps)) for n in args.sizes]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"rows": rows, "cpu_count": os.cpu_count(),
