@@ -261,7 +261,7 @@ class ModelManager:
         if clf is None or not hasattr(clf, "update"):
             return
         with line.learning:  # one catch-up at a time: every label is taken in once
-            if line.instant is not clf or self.store.count_labels(project_id, since_seq=line.learnt_seq) > ONLINE_MAX_PENDING:
+            if line.instant is not clf or self.store.count_labels(project_id, line.learnt_seq, at_most=ONLINE_MAX_PENDING + 1) > ONLINE_MAX_PENDING:
                 return
             labels = self.store.labels(project_id, since_seq=line.learnt_seq)
             if labels:

@@ -601,10 +601,12 @@ class Store:
         rows = self._read(self._LABELS + " AND l.annotation_id = ?", (annotation_id,))
         return _stored_label(rows[0]) if rows else None
 
-    def count_labels(self, project_id: int | None = None, since_seq: int = 0) -> int:
-        if project_id is None:
-            return self._read("SELECT COUNT(*) AS n FROM labels WHERE seq > ?", (since_seq,))[0]["n"]
-        return self._read("SELECT COUNT(*) AS n FROM labels WHERE project_id = ? AND seq > ?", (project_id, since_seq))[0]["n"]
+    def count_labels(self, project_id: int | None = None, since_seq: int = 0, at_most: int | None = None) -> int:
+        """Labels changed after `since_seq`; with `at_most`, counting stops there (a bounded read of the index)."""
+        where, params = ("seq > ?", [since_seq]) if project_id is None else ("project_id = ? AND seq > ?", [project_id, since_seq])
+        if at_most is None:
+            return self._read(f"SELECT COUNT(*) AS n FROM labels WHERE {where}", params)[0]["n"]
+        return self._read(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM labels WHERE {where} LIMIT ?) bounded", [*params, at_most])[0]["n"]
 
     def label_stats(self, project_id: int | None = None) -> dict:
         """labels, eval, accepted, corrected: kept up to date by every write, so this never scans the labels."""
