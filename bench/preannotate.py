@@ -6,8 +6,8 @@ Starts a local Label Studio 1.23.2 and the backend (``python -m backend serve``,
 project with the catalog's labeling config and the backend connected, imports --tasks tickets (the sample tickets
 with random edits, in chunks through the import API), then runs ``POST /preannotate`` and times it until the job
 finishes. Per chunk of 256 the job predicts, writes each task's suggestion row into its data (one PATCH per task:
-the annotator's screen, annotator_view.py), and pushes the predictions in one import call. Peak RSS is each
-process's high-water mark (VmHWM).
+the annotator's screen, annotator_view.py), and pushes the predictions in one import call. Peak RSS is the
+summed high-water mark (VmHWM) of each one's processes.
 """
 from __future__ import annotations
 
@@ -29,9 +29,18 @@ from tools.demo import start_backend, stop_process, wait_for
 IMPORT_CHUNK = 5000
 
 
-def peak_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+def peak_mib(group: int) -> float:
+    """The summed high-water marks of the processes of a process group (``python -m backend serve`` runs its
+    service in a child process)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == group:
+                status = (stat.parent / "status").read_text()
+                total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+        except (OSError, StopIteration, ValueError):
+            continue  # exited meanwhile, or a kernel thread
+    return total / 1024
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ edits, on the 70 catalog departments), then measured through the product's own p
                 part of this runs beside a refit's worker process
   export        ``python -m backend export`` (JSONL + CSV): seconds and peak RSS
   quality       ``python -m backend quality-report`` (5 out-of-fold fits of every label): seconds and peak RSS
+  convergence   ``python -m backend convergence`` (scores across versions, churn of suggestions): seconds and peak RSS
   store         size on disk per label
 
 A step that goes past --step-timeout is stopped and reported as such, with the sizes after it skipped for that step.
@@ -48,7 +49,7 @@ from tools.local_label_studio import free_port
 PROJECT = 1
 INGEST_CHUNK = 5000
 EDIT_CHARS = "的了是在有我他这中大来上个国到说们为子和你地出道也时年"
-STEPS = ("refit", "serve", "export", "quality")
+STEPS = ("refit", "serve", "export", "quality", "convergence")
 
 
 def label_space(departments: int) -> tuple[str, list[str]]:
@@ -174,7 +175,8 @@ def measure(n: int, seed: int, timeout: float, skip: set[str], departments: int,
         store.close()
         commands = {"refit": [sys.executable, "-m", "learning.refit", "--job", str(job.id)],
                  "export": [sys.executable, "-m", "backend", "export", "--out", str(Path(tmp) / "export"), "--format", "jsonl", "--format", "csv"],
-                 "quality": [sys.executable, "-m", "backend", "quality-report", "--out", str(Path(tmp) / "quality"), "--project", str(PROJECT)]}
+                 "quality": [sys.executable, "-m", "backend", "quality-report", "--out", str(Path(tmp) / "quality"), "--project", str(PROJECT)],
+                 "convergence": [sys.executable, "-m", "backend", "convergence", "--out", str(Path(tmp) / "convergence"), "--project", str(PROJECT)]}
         for name in steps:
             if name in skip:
                 row[name] = "skipped: an earlier size ran past --step-timeout"
