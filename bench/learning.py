@@ -175,7 +175,7 @@ def cell(part: dict | None, render) -> str:
 def strategy_cell(part: dict, budget: str) -> str:
     at = part["budgets"].get(budget)
     if at is None or at.get("status") != "ok":
-        return gap(at["reason"] if at else "budget not in this run")
+        return gap(at["reason"] if at else f"this row's replay was run with --budgets up to {max(map(int, part['budgets']))} only")
     ours, ref = at[DEFAULT_STRATEGY]["accuracy"], at[REFERENCE_STRATEGY]["accuracy"]
     return f"{fmt(ours)} vs {fmt(ref)} ({100 * (ours[0] - ref[0]):+.1f})"
 
@@ -255,7 +255,8 @@ def merge(paths: list[Path]) -> dict:
         config = {**merged.get("config", {}), **result["config"]}
         for key in ("budgets", "rates"):  # every budget and rate some file measured gets a column
             config[key] = sorted({*merged.get("config", {}).get(key, []), *result["config"][key]})
-        merged = {**merged, **{k: v for k, v in result.items() if k not in ("rows", "sources")}, "config": config, "sources": sources}
+        per_run = ("rows", "sources", "command", "started_utc", "wall_seconds", "host")  # kept per source, not merged
+        merged = {**merged, **{k: v for k, v in result.items() if k not in per_run}, "config": config, "sources": sources}
         for row in result["rows"]:
             kept = rows.setdefault(row["id"], {})
             kept.update({k: v for k, v in row.items() if v is not None and (k not in CELLS or v.get("status") == "ok" or k not in kept)})
@@ -266,7 +267,7 @@ def merge(paths: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.from_json:
-        result = merge(args.from_json)
+        result = {"command": "python -m bench.learning " + " ".join(argv if argv is not None else sys.argv[1:]), **merge(args.from_json)}
         args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
         print(table(result))
         return 0
