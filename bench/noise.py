@@ -68,6 +68,26 @@ def precision_at_k(ranked_ids: list[str], errors: set[str]) -> float:
     return len(set(ranked_ids[:len(errors)]) & errors) / len(errors)
 
 
+def measure(name: str, rows: list[dict], rate: float, seed: int) -> dict:
+    """One run: `rate` of the labels of `rows` flipped with `seed`, precision@K of every ranking and the reference."""
+    noisy, errors = inject_noise(rows, rate, seed)
+    labels, ids = labels_from_rows(noisy)
+    started = time.perf_counter()
+    judged, _, _ = cross_validate(labels, sorted({l.department for l in labels}), FOLDS, seed)
+    ours_seconds = time.perf_counter() - started
+    run = {"set": name, "rate": rate, "seed": seed, "errors": len(errors), "ours_seconds": round(ours_seconds, 1)}
+    for method in SuspectRanking.METHODS:
+        ranked = [ids[j.label.annotation_id] for j, _ in rank_suspects(judged, method)]
+        run[method] = round(precision_at_k(ranked, errors), 4)
+    before = sorted((j for j in judged if j.predicted != j.label.department),
+                    key=lambda j: (j.p_gold - j.p_predicted, j.label.annotation_id))
+    run[BEFORE] = round(precision_at_k([ids[j.label.annotation_id] for j in before], errors), 4)
+    started = time.perf_counter()
+    run[REFERENCE] = round(precision_at_k(reference_ranking(noisy, seed), errors), 4)
+    run["reference_seconds"] = round(time.perf_counter() - started, 1)
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.noise", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS), help="labelled sets (default: all)")
@@ -85,21 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {len(rows)} rows, {len({r['label'] for r in rows})} labels", flush=True)
         for rate in args.rates:
             for seed in args.seeds:
-                noisy, errors = inject_noise(rows, rate, seed)
-                labels, ids = labels_from_rows(noisy)
-                started = time.perf_counter()
-                judged, _, _ = cross_validate(labels, sorted({l.department for l in labels}), FOLDS, seed)
-                ours_seconds = time.perf_counter() - started
-                run = {"set": name, "rate": rate, "seed": seed, "errors": len(errors), "ours_seconds": round(ours_seconds, 1)}
-                for method in SuspectRanking.METHODS:
-                    ranked = [ids[j.label.annotation_id] for j, _ in rank_suspects(judged, method)]
-                    run[method] = round(precision_at_k(ranked, errors), 4)
-                before = sorted((j for j in judged if j.predicted != j.label.department),
-                                key=lambda j: (j.p_gold - j.p_predicted, j.label.annotation_id))
-                run[BEFORE] = round(precision_at_k([ids[j.label.annotation_id] for j in before], errors), 4)
-                started = time.perf_counter()
-                run[REFERENCE] = round(precision_at_k(reference_ranking(noisy, seed), errors), 4)
-                run["reference_seconds"] = round(time.perf_counter() - started, 1)
+                run = measure(name, rows, rate, seed)
                 runs.append(run)
                 print(json.dumps(run, ensure_ascii=False), flush=True)
 

@@ -1,0 +1,76 @@
+"""bench.learning end to end in --quick mode on a small synthetic file: the JSON contract the table is built from."""
+from __future__ import annotations
+
+import json
+import random
+
+from bench.learning import main
+
+KEYWORDS = {
+    "水务局": ["自来水", "停水", "水压低", "水管漏水"],
+    "交通委员会": ["公交车", "地铁站", "出租车", "公交线路"],
+    "房屋管理局": ["物业费", "电梯故障", "维修基金", "业委会"],
+    "教育委员会": ["小学入学", "学区划分", "课外培训", "幼儿园"],
+}
+RARE = {"绿化市容局": ["垃圾分类", "行道树"], "民政局": ["养老院", "低保"]}  # fewer than k rows: only in the 'all' row
+PLACES = ["浦东新区", "徐汇区", "静安区", "杨浦区", "闵行区", "宝山区"]
+FILLERS = ["来电人反映", "市民来信称", "居民咨询", "网友留言"]
+ENDINGS = ["，希望尽快处理。", "，请相关部门核实。", "，已多次反映未解决。", "，望答复。"]
+
+
+def write_fixture(path) -> None:
+    rng = random.Random(0)
+    rows = []
+    for units, n in ((KEYWORDS, 30), (RARE, 6)):
+        for department, words in units.items():
+            for _ in range(n):
+                text = f"{rng.choice(FILLERS)}{rng.choice(PLACES)}{rng.choice(words)}的问题{rng.choice(ENDINGS)}"
+                rows.append({"id": f"t{len(rows)}", "text": text, "label": department})
+    rng.shuffle(rows)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def in_unit(value) -> bool:
+    return isinstance(value, float | int) and 0.0 <= value <= 1.0
+
+
+def test_quick_run_writes_every_row_and_cell(tmp_path, capsys):
+    data = tmp_path / "tiny" / "dev.jsonl"
+    data.parent.mkdir()
+    write_fixture(data)
+    out = tmp_path / "learning.json"
+
+    assert main(["--quick", "--data", str(data), "--out", str(out), "--skip", "tiny-all:strategy"]) == 0
+
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["id"] for r in result["rows"]] == ["tiny-k20", "tiny-all"]
+    k20, everything = result["rows"]
+    assert (k20["rows"], k20["units"]) == (120, 4) and (everything["rows"], everything["units"]) == (132, 6)
+    assert result["config"]["default_strategy"] == "margin" and result["config"]["quick"] is True
+    for row in result["rows"]:
+        cv = row["cv"]
+        assert cv["status"] == "ok" and len(cv["runs"]) == result["config"]["folds"]
+        for model in ("instant", "reference"):
+            for metric in ("accuracy", "macro_f1"):
+                assert all(in_unit(v) for v in cv[model][metric])
+        assert all(in_unit(v) for v in cv["ece_before"] + cv["ece_after"])
+        assert row["noise"]["status"] == "ok"
+        for at in row["noise"]["rates"].values():
+            assert all(in_unit(v) for v in at["ours"] + at["reference"]) and at["k"] >= 1
+
+    strategy = k20["strategy"]
+    assert strategy["status"] == "ok" and strategy["default"] == "margin" and strategy["reference"] == "random"
+    for budget in map(str, result["config"]["budgets"]):
+        at = strategy["budgets"][budget]
+        assert at["status"] == "ok"
+        for name in ("margin", "random"):
+            assert all(in_unit(v) for v in at[name]["accuracy"] + at[name]["macro_f1"])
+    assert everything["strategy"] == {"status": "not run", "reason": everything["strategy"]["reason"]}
+
+    table = capsys.readouterr().out
+    assert "| tiny-k20 |" in table and "| tiny-all |" in table and "not run: skipped with --skip" in table
+
+    # --from-json re-renders the same table without measuring
+    again = tmp_path / "again.json"
+    assert main(["--from-json", str(out), "--out", str(again)]) == 0
+    assert json.loads(again.read_text(encoding="utf-8"))["rows"] == result["rows"]
