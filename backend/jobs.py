@@ -12,34 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from core.jobs import IN_PROGRESS, JobStatus, launch_worker, worker_id
+from core.jobs import IN_PROGRESS, JobStatus, died_here, launch_worker, remove_stale_partials, worker_id
 from core.settings import Settings
 from core.store import Job, Store, now
 
 log = logging.getLogger(__name__)
-
-
-def _died_here(claimed_by: str | None) -> bool:
-    """The job's claimant was a process of this machine that no longer exists (or the job was never claimed)."""
-    if claimed_by is None:
-        return True
-    host, _, pid = claimed_by.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
 
 
 class JobRunner:
@@ -80,12 +62,11 @@ class JobRunner:
         """Jobs this machine was running when its service died are failed at once (their workers died with it);
         jobs of other machines are left to the heartbeat: they may well be running."""
         for job in self.store.jobs(kind=self.kind, status=IN_PROGRESS):
-            if _died_here(job.claimed_by):
+            if died_here(job.claimed_by):
                 self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
                                       error="interrupted: the backend stopped while this job ran")
                 log.warning("%s job %d was interrupted by a restart; marked failed", self.kind, job.id)
-        for partial in self.settings.model_dir.glob("projects/*/*/.partial-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        remove_stale_partials(self.settings.model_dir)
 
     def _loop(self) -> None:
         if self.warmup_module:  # before the first job, so its first step finds the kernels compiled
@@ -127,6 +108,7 @@ class JobRunner:
             reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             self.store.update_job(job.id, status=JobStatus.FAILED, finished_at=now(),
                                   error=f"the {self.kind} worker {reason}; see {log_path}")
+            remove_stale_partials(self.settings.model_dir)  # what it was writing when it died
         log.info("%s job %d: %s", self.kind, job.id, self.store.get_job(job.id).status)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,38 @@ HEARTBEAT_SECONDS = 10.0  # a running job's worker says it is alive this often (
 def worker_id() -> str:
     """Who claims a job: this machine and process, so a restart can tell its own dead jobs from other replicas'."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def died_here(claimant: str | None) -> bool:
+    """The claimant (a `worker_id`) was a process of this machine that no longer exists (or there was none)."""
+    if claimant is None:
+        return True
+    host, _, pid = claimant.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+PARTIAL_PREFIX = ".partial-"
+
+
+def partial_dir(final: Path) -> Path:
+    """Where a model folder is written before its rename, named after the writer so that only a dead writer's
+    leftovers are swept: a live one (a prepare thread of this very process, a worker elsewhere) keeps its folder."""
+    return final.with_name(f"{PARTIAL_PREFIX}{final.name}@{worker_id()}")
+
+
+def remove_stale_partials(model_dir: Path) -> None:
+    """Remove half-written model folders whose writer died on this machine (another machine's sweeps its own)."""
+    for path in model_dir.glob(f"projects/*/*/{PARTIAL_PREFIX}*"):
+        if "@" not in path.name or died_here(path.name.rpartition("@")[2]):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

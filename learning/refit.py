@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from annotation_config.catalog import load_catalog
-from core.jobs import JobStatus, ModelKind, heartbeat, worker_id
+from core.jobs import JobStatus, ModelKind, heartbeat, partial_dir, worker_id
 from core.settings import Settings
 from core.store import Store, StoredLabel, Version, open_store
 from learning.instant_model import fit_on_labels
@@ -85,7 +85,7 @@ def fit_version(store: Store, project_id: int, version: str, departments: Sequen
 
 def save(clf, directory: Path) -> Path:
     """Write into a temporary folder, flush it, then rename: a crash mid-write leaves no half model."""
-    partial = directory.with_name(f".partial-{directory.name}-{os.getpid()}")
+    partial = partial_dir(directory)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:

@@ -127,3 +127,24 @@ def test_a_correction_is_answered_at_once_long_before_the_next_refit(settings):
     assert project(client, 1)["online_labels"] == 1
     assert service.store.serving_version(1, ModelKind.INSTANT).name == "instant-1"  # no refit did this
     service.stop()
+
+
+def test_the_sweep_of_half_written_models_spares_every_writer_still_alive(settings):
+    """A service starting (or a worker dying) sweeps the folders its dead writers left; a model being written at
+    that moment by a live thread of this process, or by a worker on another machine, must survive the sweep."""
+    import socket
+    import subprocess
+    import sys
+
+    from core.jobs import partial_dir, remove_stale_partials
+
+    folder = settings.project_dir(1) / "instant"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    being_written = partial_dir(folder / "instant-2")
+    left_by_dead = folder / f".partial-instant-1@{socket.gethostname()}:{dead.stdout.strip()}"
+    elsewhere = folder / ".partial-instant-3@another-host:1"
+    for path in (being_written, left_by_dead, elsewhere):
+        path.mkdir(parents=True)
+    remove_stale_partials(settings.model_dir)
+    assert being_written.exists() and elsewhere.exists()
+    assert not left_by_dead.exists()

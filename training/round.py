@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.jobs import JobStatus, ModelKind, heartbeat, worker_id
+from core.jobs import JobStatus, ModelKind, heartbeat, partial_dir, worker_id
 from core.settings import Settings, TrainingConfig
 from core.store import Store, StoredLabel, open_store
 
@@ -291,7 +291,8 @@ def fine_tune(model, tokenizer, examples: list[dict], config: TrainingConfig, cu
 def save_adapter(model, versions_dir: Path, name: str, metadata: dict) -> Path:
     """Write into a temporary folder, flush it to disk, then rename: a crash mid-write leaves no version."""
     versions_dir.mkdir(parents=True, exist_ok=True)
-    final, partial = versions_dir / name, versions_dir / f".partial-{name}-{os.getpid()}"
+    final = versions_dir / name
+    partial = partial_dir(final)
     shutil.rmtree(partial, ignore_errors=True)
     try:
         model.save_pretrained(str(partial))
