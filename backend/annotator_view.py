@@ -9,14 +9,16 @@
   ``queue_priority`` ascending. "Label All Tasks" from that tab serves tasks in the tab's order.
 
 The order is a task field rather than the prediction score so that the score keeps meaning "how sure the model is"
-to annotators while the active-learning strategy decides the order: ``priority`` is any function of a
-``TicketPrediction`` (lower is served first). The default is margin sampling (the gap between the two most likely
-departments, smallest first), the one strategy that ended ahead of random order in the Shanghai replay (README,
-"Does uncertainty sampling pay off here?"); Label Studio's own uncertainty sampling orders by the score (least
-confidence), which ended level with random order there.
+to annotators while the active-learning strategy decides the order. The default is the replay's default strategy
+(``learning.strategies.DEFAULT``): while the project's model is young, a shuffle that stays put from one
+pre-annotation to the next (a hash of the task id), because margin sampling trails random order at small budgets;
+once the model is mature, margin sampling (the gap between the two most likely departments, smallest first).
+Label Studio's own uncertainty sampling orders by the score (least confidence). Another order plugs in as
+``priority``: any function of a ``TicketPrediction``, lower served first.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from core.classifier import TicketPrediction
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import LabelSpace
 from core.routing import AUDIT, REVIEW
+from learning.strategies import mature
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +56,35 @@ def margin(prediction: TicketPrediction) -> float:
     return prediction.margin
 
 
+def shuffled(task_id: int) -> float:
+    """A place in [0, 1) that looks random but is the task's own, so a re-run of the pre-annotation keeps the order."""
+    return int.from_bytes(hashlib.blake2b(str(task_id).encode(), digest_size=8).digest()) / 2**64
+
+
 class AnnotatorView:
-    def __init__(self, client: Callable[[], LabelStudioClient | None], priority: Callable[[TicketPrediction], float] = margin):
+    def __init__(self, client: Callable[[], LabelStudioClient | None], priority: Callable[[TicketPrediction], float] | None = None):
         self._client = client
-        self.priority = priority
+        self.priority = priority  # None: the default order (module docstring)
         self._tabs: dict[tuple[int, str], int | None] = {}  # (project, title) -> tab id, once found or made
         self._tab_lock = threading.Lock()  # /setup and a pre-annotation may both look for a tab at once
 
-    def task_data(self, space: LabelSpace, data: dict, prediction: TicketPrediction) -> dict:
+    def queue_priority(self, prediction: TicketPrediction, task_id: int, labelled: int, departments: int) -> float:
+        """The task's place in the queue tab while its project has `labelled` gold labels."""
+        if self.priority is not None:
+            return self.priority(prediction)
+        return margin(prediction) if mature(labelled, departments) else shuffled(task_id)
+
+    def task_data(self, space: LabelSpace, data: dict, prediction: TicketPrediction, priority: float) -> dict:
         """The task's data with the suggestion row, the suggested department and the queue priority."""
         return {**data, **space.suggestion_fields(prediction.top), SUGGESTED_FIELD: prediction.department,
-                PRIORITY_FIELD: round(self.priority(prediction), 6)}
+                PRIORITY_FIELD: round(priority, 6)}
 
-    def publish(self, space: LabelSpace, tasks: list[dict], predictions: list[TicketPrediction]) -> list[dict]:
+    def publish(self, space: LabelSpace, tasks: list[dict], predictions: list[TicketPrediction], labelled: int) -> list[dict]:
         """Write each task's suggestions into its data in Label Studio; returns the data as written."""
         client = self._client()
-        written = [self.task_data(space, task["data"], prediction) for task, prediction in zip(tasks, predictions)]
+        written = [self.task_data(space, task["data"], prediction,
+                                  self.queue_priority(prediction, task["id"], labelled, len(space.departments)))
+                   for task, prediction in zip(tasks, predictions)]
         changed = [(task["id"], data) for task, data in zip(tasks, written) if data != task["data"]]
         with ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="publish") as pool:
             list(pool.map(lambda item: client.update_task_data(*item), changed))  # list(): the first failure is raised

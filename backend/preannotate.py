@@ -1,4 +1,4 @@
-"""Pre-annotate a whole Label Studio project with the serving model, most uncertain tickets first in the queue.
+"""Pre-annotate a whole Label Studio project with the serving model, and order its queue (annotator_view.py).
 
 Label Studio Community has no "predict all tasks" (the SDK's ml.predict_all_tasks is Enterprise-only), and its
 "Retrieve Predictions" action sends every selected task in one /predict call under a 100 s timeout. So the backend
@@ -70,7 +70,8 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
             # A promotion during the job swaps the model between chunks: Label Studio is pointed at the newest version that
             # predicted (it refuses a model_version none of the project's predictions carry).
             version = progress["model_version"] = used
-            shown = view.publish(space, chunk, predictions) if view else [t["data"] for t in chunk]
+            labelled = store.label_stats(project_id)["labels"]  # the queue order changes once the model is mature
+            shown = view.publish(space, chunk, predictions, labelled) if view else [t["data"] for t in chunk]
             client.import_predictions(project_id, [
                 {"task": t["id"], "result": space.prediction_result(p.department, p.top, data), "score": round(p.score, 6),
                  "model_version": used} for t, p, data in zip(chunk, predictions, shown)])

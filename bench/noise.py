@@ -59,8 +59,12 @@ def reference_ranking(rows: list[dict], seed: int) -> list[str]:
         vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
         svm = LinearSVC(C=1.0, random_state=0).fit(vectorizer.fit_transform([texts[i] for i in train]), gold[train])
         scores = svm.decision_function(vectorizer.transform([texts[i] for i in test]))
-        gold_column = np.searchsorted(svm.classes_, gold[test])
-        margin[test] = scores.max(axis=1) - scores[np.arange(len(test)), gold_column]
+        # A unit with fewer rows than folds can be missing from a fold's training rows: the SVM has no score for it,
+        # so its label gets the fold's lowest score (no evidence for it), as cleanlab gives such a class probability 0.
+        seen = np.isin(gold[test], svm.classes_)
+        gold_score = scores.min(axis=1)
+        gold_score[seen] = scores[np.flatnonzero(seen), np.searchsorted(svm.classes_, gold[test][seen])]
+        margin[test] = scores.max(axis=1) - gold_score
     return [rows[i]["id"] for i in sorted(range(len(rows)), key=lambda i: (-margin[i], i))]
 
 

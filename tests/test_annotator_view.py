@@ -5,6 +5,7 @@ from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorVie
 from core.classifier import TicketPrediction
 from core.labeling import parse_label_config
 from core.people import AnnotatorDirectory
+from learning.strategies import MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS
 from tests.helpers import LABEL_CONFIG
 
 SPACE = parse_label_config(LABEL_CONFIG)
@@ -13,14 +14,27 @@ PREDICTION = TicketPrediction(department="市水务局", score=0.55, margin=0.2,
 
 
 def test_the_task_gets_its_suggestion_row_and_its_place_in_the_queue():
-    data = AnnotatorView(lambda: None).task_data(SPACE, {"text": "路口积水", "source": "hotline"}, PREDICTION)
+    view, mature = AnnotatorView(lambda: None), MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * len(SPACE.departments)
+    data = view.task_data(SPACE, {"text": "路口积水", "source": "hotline"}, PREDICTION,
+                          view.queue_priority(PREDICTION, 7, mature, len(SPACE.departments)))
     assert data == {"text": "路口积水", "source": "hotline", "suggestion_1": "市水务局", "suggestion_2": "市自来水公司",
                     "suggestion_3": "市城市管理综合执法局", "suggestion_probabilities": "55% · 35% · 4%",
-                    SUGGESTED_FIELD: "市水务局", PRIORITY_FIELD: 0.2}  # margin sampling: 0.55 - 0.35
+                    SUGGESTED_FIELD: "市水务局", PRIORITY_FIELD: 0.2}  # a mature model: margin sampling, 0.55 - 0.35
     assert SPACE.prediction_result(PREDICTION.department, PREDICTION.top, data)[0]["from_name"] == "suggestion"
     # Another strategy plugs in its own order; the score shown to annotators stays the model's probability.
-    by_score = AnnotatorView(lambda: None, priority=least_confidence).task_data(SPACE, {"text": "路口积水"}, PREDICTION)
-    assert by_score[PRIORITY_FIELD] == 0.55
+    by_score = AnnotatorView(lambda: None, priority=least_confidence)
+    assert by_score.queue_priority(PREDICTION, 7, 0, len(SPACE.departments)) == 0.55
+
+
+def test_a_young_model_orders_the_queue_by_a_shuffle_that_stays_put():
+    """Until the project has enough labels for its model's doubts to mean something, the queue is random order,
+    the same on every pre-annotation, whatever the model predicts; then the most hesitant tickets come first."""
+    view, departments = AnnotatorView(lambda: None), len(SPACE.departments)
+    young = [view.queue_priority(PREDICTION, task_id, 10, departments) for task_id in range(200)]
+    assert young == [view.queue_priority(PREDICTION, task_id, 10, departments) for task_id in range(200)]
+    assert all(0 <= p < 1 for p in young) and len(set(young)) == 200 and 0.4 < sum(young) / 200 < 0.6
+    grown = MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * departments
+    assert {view.queue_priority(PREDICTION, task_id, grown, departments) for task_id in range(200)} == {PREDICTION.margin}
 
 
 def test_the_queue_tab_shows_what_an_annotator_needs_in_priority_order():

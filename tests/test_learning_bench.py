@@ -5,6 +5,7 @@ import json
 import random
 
 from bench.learning import main
+from learning.strategies import DEFAULT
 
 KEYWORDS = {
     "水务局": ["自来水", "停水", "水压低", "水管漏水"],
@@ -13,6 +14,7 @@ KEYWORDS = {
     "教育委员会": ["小学入学", "学区划分", "课外培训", "幼儿园"],
 }
 RARE = {"绿化市容局": ["垃圾分类", "行道树"], "民政局": ["养老院", "低保"]}  # fewer than k rows: only in the 'all' row
+TINY = {"气象局": ["台风预警", "暴雨"]}  # one row: its fold never trained on it, the noise reference still ranks it
 PLACES = ["浦东新区", "徐汇区", "静安区", "杨浦区", "闵行区", "宝山区"]
 FILLERS = ["来电人反映", "市民来信称", "居民咨询", "网友留言"]
 ENDINGS = ["，希望尽快处理。", "，请相关部门核实。", "，已多次反映未解决。", "，望答复。"]
@@ -21,7 +23,7 @@ ENDINGS = ["，希望尽快处理。", "，请相关部门核实。", "，已多
 def write_fixture(path) -> None:
     rng = random.Random(0)
     rows = []
-    for units, n in ((KEYWORDS, 30), (RARE, 6)):
+    for units, n in ((KEYWORDS, 30), (RARE, 6), (TINY, 1)):
         for department, words in units.items():
             for _ in range(n):
                 text = f"{rng.choice(FILLERS)}{rng.choice(PLACES)}{rng.choice(words)}的问题{rng.choice(ENDINGS)}"
@@ -45,8 +47,8 @@ def test_quick_run_writes_every_row_and_cell(tmp_path, capsys):
     result = json.loads(out.read_text(encoding="utf-8"))
     assert [r["id"] for r in result["rows"]] == ["tiny-k20", "tiny-all"]
     k20, everything = result["rows"]
-    assert (k20["rows"], k20["units"]) == (120, 4) and (everything["rows"], everything["units"]) == (132, 6)
-    assert result["config"]["default_strategy"] == "margin" and result["config"]["quick"] is True
+    assert (k20["rows"], k20["units"]) == (120, 4) and (everything["rows"], everything["units"]) == (133, 7)
+    assert result["config"]["default_strategy"] == DEFAULT and result["config"]["quick"] is True
     for row in result["rows"]:
         cv = row["cv"]
         assert cv["status"] == "ok" and len(cv["runs"]) == result["config"]["folds"]
@@ -59,11 +61,11 @@ def test_quick_run_writes_every_row_and_cell(tmp_path, capsys):
             assert all(in_unit(v) for v in at["ours"] + at["reference"]) and at["k"] >= 1
 
     strategy = k20["strategy"]
-    assert strategy["status"] == "ok" and strategy["default"] == "margin" and strategy["reference"] == "random"
+    assert strategy["status"] == "ok" and strategy["default"] == DEFAULT and strategy["reference"] == "random"
     for budget in map(str, result["config"]["budgets"]):
         at = strategy["budgets"][budget]
         assert at["status"] == "ok"
-        for name in ("margin", "random"):
+        for name in (DEFAULT, "random"):
             assert all(in_unit(v) for v in at[name]["accuracy"] + at[name]["macro_f1"])
     assert everything["strategy"] == {"status": "not run", "reason": everything["strategy"]["reason"]}
 
@@ -74,3 +76,17 @@ def test_quick_run_writes_every_row_and_cell(tmp_path, capsys):
     again = tmp_path / "again.json"
     assert main(["--from-json", str(out), "--out", str(again)]) == 0
     assert json.loads(again.read_text(encoding="utf-8"))["rows"] == result["rows"]
+
+
+def test_the_noise_reference_ranks_a_label_whose_unit_its_fold_never_trained_on(tmp_path):
+    """The out-of-fold reference on a label space with single-row units (Dalian's and Shanghai's 'all' rows): a
+    ticket filed under a unit no other ticket has is among the most doubted, not scored against another unit."""
+    from bench.noise import reference_ranking
+
+    write_fixture(tmp_path / "rows.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r["label"] in KEYWORDS]
+    suspect = next(r for r in rows if r["label"] == "水务局")
+    suspect["label"] = "气象局"  # sorts among the known units, so a lookup by position would find one of them
+    assert sorted([*KEYWORDS, "气象局"]).index("气象局") not in (0, len(KEYWORDS))
+    assert suspect["id"] in reference_ranking(rows, seed=0)[:3]

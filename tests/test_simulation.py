@@ -182,3 +182,18 @@ def test_the_llm_model_is_refused_without_a_gpu(tmp_path, capsys, monkeypatch):
                  "--out", str(tmp_path / "out")])
     assert code == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_the_default_strategy_is_the_services_and_follows_random_order_while_the_model_is_young():
+    """`--strategies default` replays the queue order the service writes; before the model is mature it picks the very
+    tickets random order picks (so it cannot trail it there), with a mature model it picks by margin."""
+    from learning.strategies import DEFAULT, mature
+    from tools.simulation import Schedule, Tickets, build_parser, simulate
+
+    assert build_parser().parse_args(["--train", "t", "--eval", "e", "--strategies", "default"]).strategies == [DEFAULT]
+    pool, evaluation = tickets(40, seed=1), tickets(20, seed=2)
+    pool, evaluation = (Tickets([r["text"] for r in rows], [r["label"] for r in rows]) for rows in (pool, evaluation))
+    assert not mature(BUDGET, len(KEYWORDS))
+    points = simulate(pool, evaluation, sorted(KEYWORDS), ["random", DEFAULT], [0], Schedule(INITIAL, STEP, BUDGET))
+    curves = {name: [(p.labels, p.accuracy, p.macro_f1) for p in points if p.strategy == name] for name in ("random", DEFAULT)}
+    assert curves["random"] == curves[DEFAULT]

@@ -4,7 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from learning.strategies import STRATEGIES, ClassBalanced, Entropy, LeastConfidence, Margin, Random, strategy
+from learning.strategies import (
+    DEFAULT,
+    MATURE_LABELS_PER_DEPARTMENT,
+    MATURE_MIN_LABELS,
+    STRATEGIES,
+    ClassBalanced,
+    Entropy,
+    LeastConfidence,
+    Margin,
+    Random,
+    RandomThenMargin,
+    strategy,
+)
 
 SURE = [0.9, 0.05, 0.05]
 SPREAD = [0.4, 0.35, 0.25]
@@ -73,3 +85,12 @@ def test_balanced_variants_exist_for_each_uncertainty_measure():
 def test_an_unknown_name_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="choose one of: .*least-confidence.*balanced-margin"):
         strategy("uncertainty")
+
+
+def test_random_then_margin_draws_randomly_while_the_model_is_young_and_by_margin_once_mature():
+    probs = np.random.default_rng(3).dirichlet(np.ones(4), size=50)
+    young, grown = MATURE_MIN_LABELS - 1, MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * 4
+    assert (RandomThenMargin().rank(probs, np.random.default_rng(9), young).tolist()
+            == Random().rank(probs, np.random.default_rng(9)).tolist())
+    assert RandomThenMargin().rank(probs, np.random.default_rng(9), grown).tolist() == Margin().rank(probs).tolist()
+    assert strategy(DEFAULT).rank(probs, np.random.default_rng(9), grown).tolist() == Margin().rank(probs).tolist()

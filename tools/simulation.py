@@ -39,9 +39,9 @@ from core.labeling import parse_label_config
 from core.settings import Settings, SettingsError
 from core.store import Label, open_store
 from learning.instant_model import fit_on_labels
-from learning.strategies import STRATEGIES, strategy
+from learning.strategies import DEFAULT, STRATEGIES, strategy
 
-DEFAULT_STRATEGIES = ("random", "least-confidence", "margin", "entropy", "balanced-margin")
+DEFAULT_STRATEGIES = ("random", DEFAULT, "least-confidence", "margin", "entropy", "balanced-margin")
 REFERENCE = "random"
 CSV_COLUMNS = ("strategy", "seed", "labels", "accuracy", "macro_f1")
 TIMING_COLUMNS = ("strategy", "seed", "labels", "seconds")  # apart, so the learning curve itself is reproducible
@@ -251,7 +251,7 @@ def replay(strategy_name: str, seed: int, pool: Tickets, evaluation: Tickets, mo
     for count in schedule.checkpoints():
         if points:
             probs = clf.predict_proba([pool.texts[i] for i in unlabelled]).probs
-            new = unlabelled[chooser.rank(probs, rng)[: count - points[-1].labels]]
+            new = unlabelled[chooser.rank(probs, rng, labelled=points[-1].labels)[: count - points[-1].labels]]
             unlabelled = np.setdiff1d(unlabelled, new)
         started = time.perf_counter()
         clf = model.learn([pool.texts[i] for i in new], [pool.labels[i] for i in new])
@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instant: the CPU instant model as the service fits it; llm: a fine-tuning round per "
                              "checkpoint, needs CUDA and BASE_MODEL (default: %(default)s)")
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(DEFAULT_STRATEGIES),
-                        metavar="NAME", help=f"query strategies to compare, from: {', '.join(STRATEGIES)} "
-                                             f"(default: {' '.join(DEFAULT_STRATEGIES)})")
+                        type=lambda name: DEFAULT if name == "default" else name, metavar="NAME",
+                        help=f"query strategies to compare, from: {', '.join(STRATEGIES)}; 'default' is the service's "
+                             f"queue order, {DEFAULT} (default: {' '.join(DEFAULT_STRATEGIES)})")
     parser.add_argument("--initial", type=int, default=20, metavar="N", help="random labels every strategy starts from (default: %(default)s)")
     parser.add_argument("--step", type=int, default=50, metavar="N", help="tickets the strategy picks between refits (default: %(default)s)")
     parser.add_argument("--budget", type=int, metavar="N", help="stop at this many labels (default: the whole pool)")
