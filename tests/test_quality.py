@@ -205,7 +205,7 @@ def noisy_rows(flips: int, seed: int) -> tuple[list[dict], set[str]]:
     return rows, {rows[i]["id"] for i in flipped}
 
 
-@pytest.mark.parametrize("ranking", ["normalized_margin", "self_confidence"])
+@pytest.mark.parametrize("ranking", ["rank_average", "normalized_margin", "self_confidence"])
 def test_injected_label_noise_ranks_on_top(ranking):
     hits = []
     for seed in range(3):
