@@ -10,10 +10,12 @@
 
 The order is a task field rather than the prediction score so that the score keeps meaning "how sure the model is"
 to annotators while the active-learning strategy decides the order. The default is the replay's default strategy
-(``learning.strategies.DEFAULT``): while the project's model is young, a shuffle that stays put from one
-pre-annotation to the next (a hash of the task id), because margin sampling trails random order at small budgets;
-once the model is mature, margin sampling (the gap between the two most likely departments, smallest first).
-Label Studio's own uncertainty sampling orders by the score (least confidence). Another order plugs in as
+(``learning.strategies.DEFAULT``): while the project's model is young, TypiClust's order over the project's waiting
+tickets (``young_places``: typical tickets of the regions its gold labels do not cover yet, computed once per
+pre-annotation), because margin sampling trails random order at small budgets; once the model is mature, margin
+sampling (the gap between the two most likely departments, smallest first). A ticket the young order did not place
+(it arrived after the pre-annotation began) goes after the placed ones, in a shuffle that stays put (a hash of its
+id). Label Studio's own uncertainty sampling orders by the score (least confidence). Another order plugs in as
 ``priority``: any function of a ``TicketPrediction``, lower served first.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from annotation_config.labeling_config import PROBABILITIES_FIELD, QUEUE_TAB_TITLE
@@ -29,7 +31,7 @@ from core.classifier import TicketPrediction
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import LabelSpace
 from core.routing import AUDIT, REVIEW
-from learning.strategies import mature
+from learning.strategies import Pool, mature, maturity, typical_order
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +70,36 @@ class AnnotatorView:
         self._tabs: dict[tuple[int, str], int | None] = {}  # (project, title) -> tab id, once found or made
         self._tab_lock = threading.Lock()  # /setup and a pre-annotation may both look for a tab at once
 
-    def queue_priority(self, prediction: TicketPrediction, task_id: int, labelled: int, departments: int) -> float:
-        """The task's place in the queue tab while its project has `labelled` gold labels."""
+    def young_places(self, task_ids: Sequence[int], texts: Sequence[str], labelled: Sequence[str], departments: int) -> dict[int, float]:
+        """The waiting tasks' places in [0, 1) in TypiClust's order (``learning.strategies.typical_order``), for a
+        project whose gold labels have the texts `labelled`; nothing once the model is mature or another order
+        was plugged in."""
+        if self.priority is not None or mature(len(labelled), departments) or not task_ids:
+            return {}
+        ids, texts = zip(*sorted(zip(task_ids, texts)))  # in id order: the same tasks give the same order, however listed
+        order = typical_order(Pool(texts, labelled), maturity(departments))
+        return {ids[i]: place / len(order) for place, i in enumerate(order)}
+
+    def queue_priority(self, prediction: TicketPrediction, task_id: int, labelled: int, departments: int,
+                       places: Mapping[int, float] | None = None) -> float:
+        """The task's place in the queue tab while its project has `labelled` gold labels (`places`: the young order)."""
         if self.priority is not None:
             return self.priority(prediction)
-        return margin(prediction) if mature(labelled, departments) else shuffled(task_id)
+        if mature(labelled, departments):
+            return margin(prediction)
+        return places[task_id] if places and task_id in places else 1.0 + shuffled(task_id)
 
     def task_data(self, space: LabelSpace, data: dict, prediction: TicketPrediction, priority: float) -> dict:
         """The task's data with the suggestion row, the suggested department and the queue priority."""
         return {**data, **space.suggestion_fields(prediction.top), SUGGESTED_FIELD: prediction.department,
                 PRIORITY_FIELD: round(priority, 6)}
 
-    def publish(self, space: LabelSpace, tasks: list[dict], predictions: list[TicketPrediction], labelled: int) -> list[dict]:
+    def publish(self, space: LabelSpace, tasks: list[dict], predictions: list[TicketPrediction], labelled: int,
+                places: Mapping[int, float] | None = None) -> list[dict]:
         """Write each task's suggestions into its data in Label Studio; returns the data as written."""
         client = self._client()
         written = [self.task_data(space, task["data"], prediction,
-                                  self.queue_priority(prediction, task["id"], labelled, len(space.departments)))
+                                  self.queue_priority(prediction, task["id"], labelled, len(space.departments), places))
                    for task, prediction in zip(tasks, predictions)]
         changed = [(task["id"], data) for task, data in zip(tasks, written) if data != task["data"]]
         with ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="publish") as pool:

@@ -19,6 +19,7 @@ from core.label_studio import LabelStudioClient
 from core.labeling import LabelSpace, parse_label_config
 from core.store import Job, Store, now
 from core.text import has_content
+from learning.strategies import mature
 
 if TYPE_CHECKING:
     from backend.annotator_view import AnnotatorView
@@ -51,27 +52,25 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
     todo = [t for t in tasks if t["id"] not in done]
     progress = {"phase": "predicting", "model_version": version, "step": len(tasks) - len(todo), "total_steps": len(tasks)}
     store.update_job(job.id, progress=progress)
+    readable = {task["id"]: text for task in tasks if (text := _text(space, task)) is not None}
+    places = {}
+    if view and todo and not mature(store.label_stats(project_id)["labels"], len(space.departments)):
+        # a young project's queue is an order over all its waiting tickets, not a score of each
+        store.update_job(job.id, progress={**progress, "phase": "ordering the queue"})
+        places = view.young_places(list(readable), list(readable.values()), [l.text for l in store.labels(project_id)],
+                                   len(space.departments))
     skipped = 0
     for start in range(0, len(todo), chunk_size):
-        chunk, texts = [], []
-        for task in todo[start: start + chunk_size]:
-            try:
-                text = space.ticket_text(task)
-            except ValueError:
-                skipped += 1
-                continue
-            if has_content(text):
-                chunk.append(task)
-                texts.append(text)
-            else:
-                skipped += 1
+        chunk = [task for task in todo[start: start + chunk_size] if task["id"] in readable]
+        texts = [readable[task["id"]] for task in chunk]
+        skipped += len(todo[start: start + chunk_size]) - len(chunk)
         if chunk:
             used, predictions = models.predict(project_id, texts)
             # A promotion during the job swaps the model between chunks: Label Studio is pointed at the newest version that
             # predicted (it refuses a model_version none of the project's predictions carry).
             version = progress["model_version"] = used
             labelled = store.label_stats(project_id)["labels"]  # the queue order changes once the model is mature
-            shown = view.publish(space, chunk, predictions, labelled) if view else [t["data"] for t in chunk]
+            shown = view.publish(space, chunk, predictions, labelled, places) if view else [t["data"] for t in chunk]
             client.import_predictions(project_id, [
                 {"task": t["id"], "result": space.prediction_result(p.department, p.top, data), "score": round(p.score, 6),
                  "model_version": used} for t, p, data in zip(chunk, predictions, shown)])
@@ -92,3 +91,12 @@ def preannotate(job: Job, store: Store, client: LabelStudioClient | None, models
               "already_there": len(tasks) - len(todo), "skipped_without_text": skipped}
     store.update_job(job.id, status=JobStatus.SUCCEEDED, finished_at=now(), progress={**progress, "phase": "done", **result})
     return result
+
+
+def _text(space: LabelSpace, task: dict) -> str | None:
+    """The task's ticket text, or None when it has none to predict from."""
+    try:
+        text = space.ticket_text(task)
+    except ValueError:
+        return None
+    return text if has_content(text) else None

@@ -2,22 +2,34 @@
 
 Every strategy ranks the rows of a probability matrix (tickets x departments, as a ``Classifier`` returns it) and
 answers row indices, most informative first. Ties go to the lower index, so a ranking is reproducible; only
-``Random`` draws from the generator it is given.
+``Random`` and the typical picks (their k-means seed) draw from the generator they are given.
 
 ``LeastConfidence`` is what Label Studio already does for us: its uncertainty sampling sorts tasks on the
-prediction score, which is our top-1 probability. The others need the whole distribution. ``RandomThenMargin`` is
-the service's queue order (``DEFAULT``); it also needs the number of gold labels the model was fitted on.
+prediction score, which is our top-1 probability. The others need the whole distribution. ``TypicalThenMargin`` is
+the service's queue order (``DEFAULT``); it also needs the number of gold labels the model was fitted on and the
+pool's texts (``Pool``). ``RandomThenMargin`` is the same switch with random order before it, to measure what the
+typical picks add.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Pool:
+    """What a strategy may look at besides the model's answers: the texts of the unlabelled tickets (in the order of
+    the probability rows) and of those already labelled."""
+    unlabelled: Sequence[str]
+    labelled: Sequence[str]
+
+
 class QueryStrategy(Protocol):
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray: ...
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray: ...
 
 
 def _ascending(values: np.ndarray) -> np.ndarray:
@@ -27,14 +39,16 @@ def _ascending(values: np.ndarray) -> np.ndarray:
 class LeastConfidence:
     """Lowest top-1 probability first."""
 
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray:
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
         return _ascending(probs.max(axis=1))
 
 
 class Margin:
     """Smallest gap between the two most likely departments first: the model hesitates between two units."""
 
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray:
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
         if probs.shape[1] < 2:  # one department: every ticket is equally (un)informative
             return np.arange(len(probs))
         top_two = np.sort(probs, axis=1)[:, -2:]
@@ -44,7 +58,8 @@ class Margin:
 class Entropy:
     """Highest entropy first: probability spread over many departments."""
 
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray:
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
         # log(1) = 0 makes zero probabilities contribute nothing, without a log(0) warning
         entropy = -(probs * np.log(np.where(probs > 0, probs, 1.0))).sum(axis=1)
         return _ascending(-entropy)
@@ -53,7 +68,8 @@ class Entropy:
 class Random:
     """The baseline every other strategy has to beat: labelling tickets in no particular order."""
 
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray:
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
         return (rng or np.random.default_rng()).permutation(len(probs))
 
 
@@ -67,8 +83,9 @@ class ClassBalanced:
     def __init__(self, base: QueryStrategy):
         self.base = base
 
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray:
-        order = self.base.rank(probs, rng, labelled)
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
+        order = self.base.rank(probs, rng, labelled, pool)
         predicted = probs.argmax(axis=1)[order]
         seat_in_round = np.argsort(np.argsort(np.bincount(predicted, minlength=probs.shape[1]), kind="stable"), kind="stable")
         round_number = np.empty(len(order), dtype=int)
@@ -85,10 +102,13 @@ MATURE_LABELS_PER_DEPARTMENT = 8
 MATURE_MIN_LABELS = 300
 
 
+def maturity(departments: int) -> int:
+    """The gold labels from which a model over `departments` units knows enough for its doubts to mean something."""
+    return max(MATURE_MIN_LABELS, MATURE_LABELS_PER_DEPARTMENT * departments)
+
+
 def mature(labelled: int, departments: int) -> bool:
-    """Whether a model fitted on `labelled` gold labels over `departments` units knows enough for its doubts to mean
-    something."""
-    return labelled >= max(MATURE_MIN_LABELS, MATURE_LABELS_PER_DEPARTMENT * departments)
+    return labelled >= maturity(departments)
 
 
 class RandomThenMargin:
@@ -98,12 +118,83 @@ class RandomThenMargin:
     2022, "Active learning on a budget: opposite strategies suit high and low budgets"): a model fitted on a few
     labels per department is confidently wrong, and its smallest margins point at tickets its errors make look
     hard. Until maturity this draws exactly what ``Random`` draws from the same generator, so it cannot trail it
-    there; the paper's typicality picks (TypiClust) would be the next step for that early phase."""
+    there."""
 
-    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0) -> np.ndarray:
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
         if mature(labelled, probs.shape[1]):
             return Margin().rank(probs, rng, labelled)
         return Random().rank(probs, rng, labelled)
+
+
+# TypiClust's neighbourhood for typicality (Hacohen et al. 2022 use 20) and the size of the ticket representation.
+TYPICALITY_NEIGHBOURS = 20
+EMBEDDING_DIMENSIONS = 100
+
+
+def embed(texts: Sequence[str], seed: int = 0) -> np.ndarray:
+    """Tickets as unit vectors for clustering: character 1-3-gram TF-IDF (the instant model's features) reduced by a
+    truncated SVD, so that k-means and nearest neighbours work on a small dense matrix (tickets x 100), never on
+    tickets x n-grams."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    features = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2 if len(texts) >= 200 else 1,
+                               dtype=np.float32).fit_transform(texts)
+    dimensions = min(EMBEDDING_DIMENSIONS, features.shape[1] - 1, len(texts) - 1)
+    if dimensions < 1:
+        return np.ones((len(texts), 1), dtype=np.float32)
+    return normalize(TruncatedSVD(dimensions, random_state=seed).fit_transform(features))
+
+
+def typical_order(pool: Pool, clusters: int, seed: int = 0) -> np.ndarray:
+    """The unlabelled tickets in TypiClust's order (Hacohen, Dekel & Weinshall 2022, "Active learning on a budget",
+    ICML): the pool, labelled tickets included, is cut into `clusters` k-means clusters; the next pick is the most
+    typical unlabelled ticket (highest inverse mean distance to its nearest neighbours) of the largest cluster with
+    the fewest labelled tickets. Sorting on (labelled tickets in the cluster + the ticket's typicality rank inside it,
+    cluster size) gives the same order as picking one at a time. Typicality is measured over the whole pool rather
+    than inside each cluster."""
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.neighbors import NearestNeighbors
+
+    unlabelled = len(pool.unlabelled)
+    vectors = embed([*pool.labelled, *pool.unlabelled], seed)
+    clusters = max(1, min(clusters, len(vectors)))
+    cluster = MiniBatchKMeans(n_clusters=clusters, random_state=seed, n_init=1, batch_size=1024).fit_predict(vectors)
+    neighbours = min(TYPICALITY_NEIGHBOURS, len(vectors) - 1)
+    if neighbours > 0:
+        distances, _ = NearestNeighbors(n_neighbors=neighbours + 1).fit(vectors).kneighbors(vectors)
+        typicality = 1.0 / (distances[:, 1:].mean(axis=1) + 1e-9)
+    else:
+        typicality = np.ones(len(vectors))
+    sizes = np.bincount(cluster, minlength=clusters)
+    covered = np.bincount(cluster[: len(pool.labelled)], minlength=clusters)
+    candidates = cluster[len(pool.labelled):]
+    by_cluster = np.lexsort((np.arange(unlabelled), -typicality[len(pool.labelled):], candidates))
+    rank_inside = np.empty(unlabelled, dtype=int)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(candidates, minlength=clusters))[:-1]])
+    rank_inside[by_cluster] = np.arange(unlabelled) - starts[candidates[by_cluster]]
+    # Equal on both, the more typical ticket first: with as many clusters as tickets (a small pool) the order is
+    # typicality alone.
+    return np.lexsort((np.arange(unlabelled), -typicality[len(pool.labelled):], -sizes[candidates], covered[candidates] + rank_inside))
+
+
+class TypicalThenMargin:
+    """TypiClust's typical picks while the model is young, margin sampling once it is ``mature``.
+
+    Hacohen et al. 2022: at small budgets the best labels are typical tickets from regions the labels do not cover
+    yet, at large ones the uncertain tickets. The young phase cuts the pool into as many clusters as the labels at
+    maturity, so by then every cluster of that granularity has had its most typical ticket labelled. Without the
+    pool's texts (a caller that has only probabilities) it falls back to random order."""
+
+    def rank(self, probs: np.ndarray, rng: np.random.Generator | None = None, labelled: int = 0,
+             pool: Pool | None = None) -> np.ndarray:
+        if mature(labelled, probs.shape[1]):
+            return Margin().rank(probs, rng, labelled)
+        if pool is None:
+            return Random().rank(probs, rng, labelled)
+        return typical_order(pool, maturity(probs.shape[1]), seed=0 if rng is None else int(rng.integers(2**31)))
 
 
 UNCERTAINTY = {"least-confidence": LeastConfidence, "margin": Margin, "entropy": Entropy}
@@ -118,8 +209,9 @@ STRATEGIES: dict[str, Callable[[], QueryStrategy]] = {
     **UNCERTAINTY,
     **{f"balanced-{name}": _balanced(base) for name, base in UNCERTAINTY.items()},
     "random-then-margin": RandomThenMargin,
+    "typical-then-margin": TypicalThenMargin,
 }
-DEFAULT = "random-then-margin"  # the order the service gives Label Studio's queue (backend/annotator_view.py)
+DEFAULT = "typical-then-margin"  # the order the service gives Label Studio's queue (backend/annotator_view.py)
 
 
 def strategy(name: str) -> QueryStrategy:

@@ -5,7 +5,7 @@ from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorVie
 from core.classifier import TicketPrediction
 from core.labeling import parse_label_config
 from core.people import AnnotatorDirectory
-from learning.strategies import MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS
+from learning.strategies import MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS, Pool, maturity, typical_order
 from tests.helpers import LABEL_CONFIG
 
 SPACE = parse_label_config(LABEL_CONFIG)
@@ -26,15 +26,26 @@ def test_the_task_gets_its_suggestion_row_and_its_place_in_the_queue():
     assert by_score.queue_priority(PREDICTION, 7, 0, len(SPACE.departments)) == 0.55
 
 
-def test_a_young_model_orders_the_queue_by_a_shuffle_that_stays_put():
-    """Until the project has enough labels for its model's doubts to mean something, the queue is random order,
-    the same on every pre-annotation, whatever the model predicts; then the most hesitant tickets come first."""
+def test_a_young_model_orders_the_queue_by_typical_tickets_of_uncovered_regions_then_by_margin():
+    """Until the project has enough labels for its model's doubts to mean something, the queue is TypiClust's order
+    over the waiting tickets, the same on every pre-annotation, whatever the model predicts; a ticket that arrives
+    later waits behind them. Then the most hesitant tickets come first."""
     view, departments = AnnotatorView(lambda: None), len(SPACE.departments)
-    young = [view.queue_priority(PREDICTION, task_id, 10, departments) for task_id in range(200)]
-    assert young == [view.queue_priority(PREDICTION, task_id, 10, departments) for task_id in range(200)]
-    assert all(0 <= p < 1 for p in young) and len(set(young)) == 200 and 0.4 < sum(young) / 200 < 0.6
+    lights = [f"小区路灯坏了第{i}盏不亮" for i in range(10)]
+    noise = [f"夜里施工噪音扰民第{i}次" for i in range(6)]
+    ids = list(range(100, 116))
+    places = view.young_places(ids, lights + noise, labelled=lights[:3], departments=departments)
+    assert places == view.young_places(ids, lights + noise, labelled=lights[:3], departments=departments)
+    assert sorted(places.values()) == [i / 16 for i in range(16)]
+    order = typical_order(Pool(lights + noise, lights[:3]), maturity(departments))  # tests/test_strategies.py: what it picks
+    assert [ids[i] for i in order] == sorted(places, key=places.get)
+    young = [view.queue_priority(PREDICTION, task_id, 3, departments, places) for task_id in ids]
+    assert young == [round(places[i], 6) for i in ids]
+    late = view.queue_priority(PREDICTION, 999, 3, departments, places)  # arrived after the order was made
+    assert 1 <= late < 2 and late == view.queue_priority(PREDICTION, 999, 3, departments, places)
     grown = MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * departments
-    assert {view.queue_priority(PREDICTION, task_id, grown, departments) for task_id in range(200)} == {PREDICTION.margin}
+    assert view.young_places(ids, lights + noise, labelled=["x"] * grown, departments=departments) == {}
+    assert {view.queue_priority(PREDICTION, task_id, grown, departments, places) for task_id in ids} == {PREDICTION.margin}
 
 
 def test_the_queue_tab_shows_what_an_annotator_needs_in_priority_order():

@@ -10,6 +10,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools.simulation import CurvePoint, compare_to_random, main, mean_curves, print_table
@@ -184,16 +185,31 @@ def test_the_llm_model_is_refused_without_a_gpu(tmp_path, capsys, monkeypatch):
     assert "CUDA" in capsys.readouterr().err
 
 
-def test_the_default_strategy_is_the_services_and_follows_random_order_while_the_model_is_young():
-    """`--strategies default` replays the queue order the service writes; before the model is mature it picks the very
-    tickets random order picks (so it cannot trail it there), with a mature model it picks by margin."""
-    from learning.strategies import DEFAULT, mature
-    from tools.simulation import Schedule, Tickets, build_parser, simulate
+def test_the_default_strategy_is_the_services_and_picks_typical_tickets_while_the_model_is_young():
+    """`--strategies default` replays the queue order the service writes: before the model is mature each batch is
+    the head of TypiClust's order over the tickets still unlabelled (learning.strategies.typical_order), seeded from
+    the replay's seed."""
+    from learning.strategies import DEFAULT, Pool, mature, maturity, typical_order
+    from tools.simulation import InstantModel, Schedule, Tickets, build_parser, initial_batch, replay
 
     assert build_parser().parse_args(["--train", "t", "--eval", "e", "--strategies", "default"]).strategies == [DEFAULT]
     pool, evaluation = tickets(40, seed=1), tickets(20, seed=2)
     pool, evaluation = (Tickets([r["text"] for r in rows], [r["label"] for r in rows]) for rows in (pool, evaluation))
     assert not mature(BUDGET, len(KEYWORDS))
-    points = simulate(pool, evaluation, sorted(KEYWORDS), ["random", DEFAULT], [0], Schedule(INITIAL, STEP, BUDGET))
-    curves = {name: [(p.labels, p.accuracy, p.macro_f1) for p in points if p.strategy == name] for name in ("random", DEFAULT)}
-    assert curves["random"] == curves[DEFAULT]
+    learnt: list[list[str]] = []
+
+    class Recording(InstantModel):
+        def learn(self, texts, labels):
+            learnt.append(list(texts))
+            return super().learn(texts, labels)
+
+    model = Recording(sorted(KEYWORDS))
+    try:
+        replay(DEFAULT, 0, pool, evaluation, model, Schedule(INITIAL, STEP, BUDGET))
+    finally:
+        model.close()
+    first = initial_batch(len(pool), INITIAL, 0)
+    rest = np.setdiff1d(np.arange(len(pool)), first)
+    seed = int(np.random.default_rng([0, 1]).integers(2**31))
+    order = typical_order(Pool([pool.texts[i] for i in rest], [pool.texts[i] for i in first]), maturity(len(KEYWORDS)), seed)
+    assert learnt[1] == [pool.texts[i] for i in rest[order[:STEP]]]

@@ -13,9 +13,12 @@ from learning.strategies import (
     Entropy,
     LeastConfidence,
     Margin,
+    Pool,
     Random,
     RandomThenMargin,
+    TypicalThenMargin,
     strategy,
+    typical_order,
 )
 
 SURE = [0.9, 0.05, 0.05]
@@ -87,10 +90,34 @@ def test_an_unknown_name_is_refused_with_the_valid_names():
         strategy("uncertainty")
 
 
+def test_typical_order_starts_with_the_most_typical_ticket_of_the_largest_region_no_label_covers():
+    """TypiClust (Hacohen et al. 2022): street lights are covered by a label, so the first pick is a noise complaint
+    (the larger uncovered region, over water), the most typical one, not the odd one out."""
+    lights = [f"小区路灯坏了第{i}盏不亮" for i in range(12)]
+    noise = [f"夜里施工噪音扰民第{i}次" for i in range(8)] + ["夜里施工噪音扰民还有垃圾乱堆臭味很大第9次"]
+    water = [f"停水三天没有自来水第{i}户" for i in range(4)]
+    unlabelled = lights[1:] + noise + water
+    order = typical_order(Pool(unlabelled, [lights[0]]), clusters=3)
+    assert sorted(order.tolist()) == list(range(len(unlabelled)))
+    assert unlabelled[order[0]] in noise[:8] and unlabelled[order[1]] in water  # each region's best, largest first
+    assert unlabelled[order[2]] in lights  # then the covered region's best: every cluster has one label
+    assert order.tolist() == typical_order(Pool(unlabelled, [lights[0]]), clusters=3).tolist()  # reproducible
+
+
+def test_typical_then_margin_is_the_default_and_takes_margin_once_the_model_is_mature():
+    probs = np.random.default_rng(3).dirichlet(np.ones(4), size=6)
+    pool = Pool([f"路灯坏了第{i}盏" for i in range(6)], [])
+    grown = MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * 4
+    assert strategy(DEFAULT).__class__ is TypicalThenMargin
+    assert TypicalThenMargin().rank(probs, None, grown, pool).tolist() == Margin().rank(probs).tolist()
+    assert TypicalThenMargin().rank(probs, None, 0, pool).tolist() == typical_order(pool, MATURE_MIN_LABELS).tolist()
+    # a caller with probabilities only gets random order
+    assert TypicalThenMargin().rank(probs, np.random.default_rng(9)).tolist() == Random().rank(probs, np.random.default_rng(9)).tolist()
+
+
 def test_random_then_margin_draws_randomly_while_the_model_is_young_and_by_margin_once_mature():
     probs = np.random.default_rng(3).dirichlet(np.ones(4), size=50)
     young, grown = MATURE_MIN_LABELS - 1, MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * 4
     assert (RandomThenMargin().rank(probs, np.random.default_rng(9), young).tolist()
             == Random().rank(probs, np.random.default_rng(9)).tolist())
     assert RandomThenMargin().rank(probs, np.random.default_rng(9), grown).tolist() == Margin().rank(probs).tolist()
-    assert strategy(DEFAULT).rank(probs, np.random.default_rng(9), grown).tolist() == Margin().rank(probs).tolist()

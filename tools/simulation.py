@@ -39,7 +39,7 @@ from core.labeling import parse_label_config
 from core.settings import Settings, SettingsError
 from core.store import Label, open_store
 from learning.instant_model import fit_on_labels
-from learning.strategies import DEFAULT, STRATEGIES, strategy
+from learning.strategies import DEFAULT, STRATEGIES, Pool, strategy
 
 DEFAULT_STRATEGIES = ("random", DEFAULT, "least-confidence", "margin", "entropy", "balanced-margin")
 REFERENCE = "random"
@@ -245,14 +245,15 @@ def replay(strategy_name: str, seed: int, pool: Tickets, evaluation: Tickets, mo
     chooser = strategy(strategy_name)
     rng = np.random.default_rng([seed, 1])
     new = initial_batch(len(pool), schedule.initial, seed)
-    unlabelled = np.setdiff1d(np.arange(len(pool)), new)
+    labelled, unlabelled = new, np.setdiff1d(np.arange(len(pool)), new)
     points: list[CurvePoint] = []
     clf = None
     for count in schedule.checkpoints():
         if points:
-            probs = clf.predict_proba([pool.texts[i] for i in unlabelled]).probs
-            new = unlabelled[chooser.rank(probs, rng, labelled=points[-1].labels)[: count - points[-1].labels]]
-            unlabelled = np.setdiff1d(unlabelled, new)
+            texts = [pool.texts[i] for i in unlabelled]
+            candidates = Pool(texts, [pool.texts[i] for i in labelled])
+            new = unlabelled[chooser.rank(clf.predict_proba(texts).probs, rng, len(labelled), candidates)[: count - len(labelled)]]
+            labelled, unlabelled = np.concatenate([labelled, new]), np.setdiff1d(unlabelled, new)
         started = time.perf_counter()
         clf = model.learn([pool.texts[i] for i in new], [pool.labels[i] for i in new])
         seconds = time.perf_counter() - started
