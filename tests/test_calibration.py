@@ -76,7 +76,7 @@ def test_the_served_model_carries_the_temperature_its_split_report_was_made_with
 
     def evaluate(candidate):
         seen.append((candidate.method, candidate.temperature))
-        return {"macro_f1": 0.9 if candidate.method == "svm" else 0.5}
+        return {"accuracy": 0.9 if candidate.method == "svm" else 0.5}
 
     clf, report = fit_instant_model("v", NAMES, train, everything, {}, evaluate)
     assert report["calibration"]["fitted"] and clf.method == "svm"
