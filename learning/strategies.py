@@ -140,8 +140,11 @@ def embed(texts: Sequence[str], seed: int = 0) -> np.ndarray:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.preprocessing import normalize
 
-    features = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2 if len(texts) >= 200 else 1,
-                               dtype=np.float32).fit_transform(texts)
+    try:
+        features = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2 if len(texts) >= 200 else 1,
+                                   dtype=np.float32).fit_transform(texts)
+    except ValueError:  # no n-gram in enough tickets (empty or all-different texts): nothing tells them apart
+        return np.ones((len(texts), 1), dtype=np.float32)
     dimensions = min(EMBEDDING_DIMENSIONS, features.shape[1] - 1, len(texts) - 1)
     if dimensions < 1:
         return np.ones((len(texts), 1), dtype=np.float32)

@@ -121,3 +121,10 @@ def test_random_then_margin_draws_randomly_while_the_model_is_young_and_by_margi
     assert (RandomThenMargin().rank(probs, np.random.default_rng(9), young).tolist()
             == Random().rank(probs, np.random.default_rng(9)).tolist())
     assert RandomThenMargin().rank(probs, np.random.default_rng(9), grown).tolist() == Margin().rank(probs).tolist()
+
+
+def test_tickets_that_share_no_n_gram_still_get_an_order():
+    """Hostile or odd queues (issue 15): 300 one-character tickets leave TF-IDF no n-gram in two of them."""
+    texts = [chr(0x4E00 + i) for i in range(300)]
+    assert sorted(typical_order(Pool(texts, []), 300).tolist()) == list(range(300))
+    assert sorted(typical_order(Pool(["", "!"], ["?"]), 300).tolist()) == [0, 1]
