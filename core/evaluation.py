@@ -20,7 +20,7 @@ class GoldLabel(Protocol):
     department: str
 
 
-def evaluate(clf: Classifier, held_out: Sequence[GoldLabel], routing: AutoRouting | None = None) -> dict:
+def evaluate(clf: Classifier, held_out: Sequence[GoldLabel], routing: AutoRouting | None = None, rows: bool = False) -> dict:
     """The report of `clf` on held-out gold labels: the one routine behind the promotion gate, the instant model's
     scores and every benchmark. Labels of departments the classifier does not know are left out.
 
@@ -28,11 +28,12 @@ def evaluate(clf: Classifier, held_out: Sequence[GoldLabel], routing: AutoRoutin
     auto-routing trusts is from the accuracy it claims.
 
     With `routing`, the report also holds the version's auto-routing thresholds (``"routing"``), proven on these
-    rows: they are its calibration rows, which it never trained on."""
+    rows: they are its calibration rows, which it never trained on. With `rows`, ``"correct"`` says for each row
+    whether the classifier answered it right (to compare two classifiers row by row)."""
     known = set(clf.departments)
     held_out = [label for label in held_out if label.department in known]
     if not held_out:
-        report = {**classification_report([], []), "ece": None}
+        report = {**classification_report([], []), "ece": None, **({"correct": []} if rows else {})}
         return {**report, "routing": routing.thresholds([], []).to_dict()} if routing else report
     probs = clf.predict_proba([label.text for label in held_out]).probs
     top = probs.argmax(axis=1)
@@ -42,6 +43,8 @@ def evaluate(clf: Classifier, held_out: Sequence[GoldLabel], routing: AutoRoutin
     report = {**classification_report(gold, predicted), "ece": round(expected_calibration_error(probs.max(axis=1), correct), 4)}
     if routing is not None:
         report["routing"] = routing.thresholds(probs.max(axis=1), correct, predicted).to_dict()
+    if rows:
+        report["correct"] = correct
     return report
 
 

@@ -11,13 +11,14 @@ Two small classifiers, because neither is best throughout the life of a project:
   far better (BENCHMARKS.md, section 3, against the TF-IDF + LinearSVC reference).
 
 ``fit_instant_model`` keeps the one that answers more of the frozen evaluation split right, and keeps serving the
-method already serving on near-ties (``NEAR_TIE_ACCURACY``).
+method already serving unless the other leads it clearly (``NEAR_TIE_ACCURACY``, ``SWITCH_Z``).
 Probabilities are a softmax of the scores times a temperature fitted out of fold on the labels (``calibrate``);
 with too few labels the method's constant serves, chosen by log-loss on the Shanghai split.
 scikit-learn is imported on first fit, so importing the backend stays light.
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -36,11 +37,14 @@ MIN_DF_FROM_DOCS = 200  # below this many documents a char n-gram seen once is s
 MAX_FEATURES = 300_000
 # The method that answers more of the evaluation split right serves. Not macro-F1: it rewards the prototypes' hits on
 # rare departments, and chose them on Dalian's 236 units in 4 of 5 folds at 0.18-0.20 accuracy where the SVM had
-# 0.51-0.56; and on a split drawn from labels an active-learning strategy picked (rare, atypical regions on purpose)
-# it chose them at 0.27 where the SVM answered 0.48 of the traffic right (bench/learning.py). The split is small early
-# on (40-130 rows, a row 1-2.5 points), so a method must lead the serving one by more than this to replace it:
-# near-ties would make the served model jump between methods from one refit to the next.
+# 0.51-0.56 (bench/learning.py). The split is small early on (40-130 rows, a row 1-2.5 points), and drawn from labels
+# an active-learning strategy picked (atypical regions on purpose): on Dalian k = 20 at 200 labels the prototypes led
+# the SVM on it by two rows of 41 and answered 0.26 of the traffic right against the SVM's 0.48. So the serving method
+# is replaced only by one that leads it by more than NEAR_TIE_ACCURACY and by more than SWITCH_Z standard errors of
+# the paired difference on the split's rows (McNemar's test, as Dietterich 1998 recommends for comparing two
+# classifiers on one test set): never a coin flip on a few rows.
 NEAR_TIE_ACCURACY = 0.02
+SWITCH_Z = 1.645  # one-sided 95 %
 # Temperature scaling out of fold (``calibrate``) fits the SVM on (folds - 1) x the rows, against about 2.25 x the
 # training rows for a refit's own two fits (the split's training rows, then every label): 3 folds keep a refit under
 # twice its uncalibrated time at any label count (measured at 4.5k labels / 549 departments: 1.5-1.7x), where 5 took
@@ -271,9 +275,10 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
 
     Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split; the more
     accurate one wins (the prototypes on a tie or when there is nothing to evaluate on: the safer bet with few
-    labels). The `serving_method` (the method of the version serving now) stays unless another beats its accuracy by
-    more than NEAR_TIE_ACCURACY. The chosen method's temperature is fitted out of fold on `train` (``calibrate``), and
-    its report redone with it, so the split's ECE and auto-routing thresholds are those of the probabilities served.
+    labels). The `serving_method` (the method of the version serving now) stays unless another is ``clearly_better``
+    (with the reports' per-row ``correct`` flags, a paired test; without them, the lead alone). The chosen method's
+    temperature is fitted out of fold on `train` (``calibrate``), and its report redone with it, so the split's ECE
+    and auto-routing thresholds are those of the probabilities served.
     The chosen method is then refitted on `all_labels`, the usual final refit after model selection: the report's
     numbers stay those of a model that never saw the split. Returns (classifier, report)."""
     report: dict = {}
@@ -281,13 +286,24 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
     for method, candidate in candidates.items():
         report[method.method] = evaluate(candidate)
 
+    rows = {method: report[method.method].pop("correct", None) for method in METHODS}
+
     def accuracy(method) -> float:
         value = report[method.method].get("accuracy")
         return -1.0 if value is None else value
 
+    def clearly_better(challenger, incumbent) -> bool:
+        if accuracy(challenger) <= accuracy(incumbent) + NEAR_TIE_ACCURACY:
+            return False
+        lead = accuracy(challenger) - accuracy(incumbent)
+        if rows[challenger] is None or rows[incumbent] is None:
+            return True
+        discordant = sum(a != b for a, b in zip(rows[challenger], rows[incumbent]))
+        return lead > SWITCH_Z * math.sqrt(discordant) / len(rows[challenger])
+
     chosen = max(METHODS, key=accuracy)  # the first of equals: the prototypes
     serving = next((m for m in METHODS if m.method == serving_method), None)
-    if serving is not None and accuracy(chosen) <= accuracy(serving) + NEAR_TIE_ACCURACY:
+    if serving is not None and not clearly_better(chosen, serving):
         chosen = serving
     report["chosen"] = chosen.method
     started = time.perf_counter()
@@ -295,6 +311,7 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
     if temperature is not None:
         candidates[chosen].temperature = temperature
         report[chosen.method] = evaluate(candidates[chosen])  # the choice stands: a temperature never changes the top-1
+        report[chosen.method].pop("correct", None)
     report["calibration"] = {"temperature": round(temperature or chosen.temperature, 4), "fitted": temperature is not None,
                              "seconds": round(time.perf_counter() - started, 3)}
     final = chosen(version, departments, max_text_chars).fit(*all_labels, seed_texts)
@@ -327,7 +344,7 @@ def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[Sto
         version, departments, train=([l.text for l in train], [l.department for l in train]),
         all_labels=([l.text for l in labels], [l.department for l in labels]),
         seed_texts={name: text for name, text in seed_texts.items() if name in known},
-        evaluate=lambda candidate: evaluate(candidate, held_out, routing), max_text_chars=max_text_chars, serving_method=serving_method)
+        evaluate=lambda candidate: evaluate(candidate, held_out, routing, rows=True), max_text_chars=max_text_chars, serving_method=serving_method)
     metrics = {**report[clf.method], "method": clf.method, "calibration": report["calibration"], "train_labels": len(train),
                "labels": stored, "fitted_labels": len(labels),
                "methods": {m.method: {k: report[m.method].get(k) for k in ("accuracy", "macro_f1", "n")} for m in METHODS}}
