@@ -6,7 +6,7 @@
 2. read                     the project's departments, its frozen evaluation split and at most INSTANT_MAX_LABELS
                             training labels, newest per department (the store chooses them: ``training_sample``)
 3. fit                      ``fit_on_labels``: the method chosen on the split (the serving version's method kept
-                            on near-ties), refitted on every label
+                            unless the other clearly leads it), refitted on every label
 4. save                     the model into MODEL_DIR/projects/<project>/instant/<version>/, written to a temporary
                             folder and renamed when complete
 5. register                 the version with its scores; it serves unless ``keep_serving`` says the serving model

@@ -1,7 +1,7 @@
 """The instant model's full refits run in a worker process and can never take serving down: a refit that fails
 leaves the last good model answering (and says so in /status and /metrics); a start whose saved model cannot be
-loaded answers from the catalog's prototypes, says so, and refits; a refit keeps the serving method on near-ties;
-between refits, the serving model takes new labels in at once."""
+loaded answers from the catalog's prototypes, says so, and refits; a refit keeps the serving method unless the other
+clearly leads it; between refits, the serving model takes new labels in at once."""
 from __future__ import annotations
 
 import json
