@@ -10,8 +10,8 @@ Two small classifiers, because neither is best throughout the life of a project:
   few labels per department it is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is
   far better (BENCHMARKS.md, section 3, against the TF-IDF + LinearSVC reference).
 
-``fit_instant_model`` keeps the one that answers more of the frozen evaluation split right, and keeps serving the
-method already serving unless the other leads it clearly (``NEAR_TIE_ACCURACY``, ``SWITCH_Z``).
+``fit_instant_model`` moves a project from the prototypes to the SVM once the SVM answers at least as much of the frozen
+evaluation split right, and back only if the prototypes clearly lead it (``NEAR_TIE_ACCURACY``, ``SWITCH_Z``).
 Probabilities are a softmax of the scores times a temperature fitted out of fold on the labels (``calibrate``);
 with too few labels the method's constant serves, chosen by log-loss on the Shanghai split.
 scikit-learn is imported on first fit, so importing the backend stays light.
@@ -35,14 +35,16 @@ MIN_DF_FROM_DOCS = 200  # below this many documents a char n-gram seen once is s
 # The SVM's weights are departments x features, dense: the cap bounds a refit's memory whatever the texts (long
 # random ones, 10^6 labels). The dev sets have 117k-194k character n-grams, so it does not bind on them.
 MAX_FEATURES = 300_000
-# The method that answers more of the evaluation split right serves. Not macro-F1: it rewards the prototypes' hits on
-# rare departments, and chose them on Dalian's 236 units in 4 of 5 folds at 0.18-0.20 accuracy where the SVM had
-# 0.51-0.56 (bench/learning.py). The split is small early on (40-130 rows, a row 1-2.5 points), and drawn from labels
-# an active-learning strategy picked (atypical regions on purpose): on Dalian k = 20 at 200 labels the prototypes led
-# the SVM on it by two rows of 41 and answered 0.26 of the traffic right against the SVM's 0.48. So the serving method
-# is replaced only by one that leads it by more than NEAR_TIE_ACCURACY and by more than SWITCH_Z standard errors of
-# the paired difference on the split's rows (McNemar's test, as Dietterich 1998 recommends for comparing two
-# classifiers on one test set): never a coin flip on a few rows.
+# Accuracy on the evaluation split decides, not macro-F1: that rewards the prototypes' hits on rare departments, and
+# chose them on Dalian's 236 units in 4 of 5 folds at 0.18-0.20 accuracy where the SVM had 0.51-0.56
+# (bench/learning.py). The prototypes are the cold start's model and the SVM the one that grows with the labels, so
+# the move from one to the other is made once, as soon as the SVM is as accurate on the split, and undone only on
+# clear evidence: the split is small early on (40-130 rows, a row 1-2.5 points) and drawn from labels the queue order
+# picked (typical tickets, which the prototypes' class means answer well): on Dalian k = 20 at 200 labels the
+# prototypes led the SVM on it by two rows of 41 and answered 0.26 of the traffic right against the SVM's 0.48. A
+# serving SVM gives way only to prototypes that lead it by more than NEAR_TIE_ACCURACY and by more than SWITCH_Z
+# standard errors of the paired difference on the split's rows (McNemar's test, as Dietterich 1998 recommends for
+# comparing two classifiers on one test set): never a coin flip on a few rows.
 NEAR_TIE_ACCURACY = 0.02
 SWITCH_Z = 1.645  # one-sided 95 %
 # Temperature scaling out of fold (``calibrate``) fits the SVM on (folds - 1) x the rows, against about 2.25 x the
@@ -273,10 +275,11 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
                       serving_method: str | None = None) -> tuple[_TfidfClassifier, dict]:
     """Choose the method on the frozen split, then refit it on every label.
 
-    Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split; the more
-    accurate one wins (the prototypes on a tie or when there is nothing to evaluate on: the safer bet with few
-    labels). The `serving_method` (the method of the version serving now) stays unless another is ``clearly_better``
-    (with the reports' per-row ``correct`` flags, a paired test; without them, the lead alone). The chosen method's
+    Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split. A project
+    starts on the prototypes (they need no labels) and moves to the SVM once the SVM answers at least as much of the
+    split right; a serving SVM (`serving_method`, the method of the version serving now) gives way back only to
+    prototypes that are ``clearly_better`` (with the reports' per-row ``correct`` flags, a paired test; without
+    them, the lead alone). With nothing to evaluate on, the serving method stays (the prototypes at first). The chosen method's
     temperature is fitted out of fold on `train` (``calibrate``), and its report redone with it, so the split's ECE
     and auto-routing thresholds are those of the probabilities served.
     The chosen method is then refitted on `all_labels`, the usual final refit after model selection: the report's
@@ -301,10 +304,13 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
         discordant = sum(a != b for a, b in zip(rows[challenger], rows[incumbent]))
         return lead > SWITCH_Z * math.sqrt(discordant) / len(rows[challenger])
 
-    chosen = max(METHODS, key=accuracy)  # the first of equals: the prototypes
-    serving = next((m for m in METHODS if m.method == serving_method), None)
-    if serving is not None and not clearly_better(chosen, serving):
-        chosen = serving
+    prototype, svm = METHODS
+    if accuracy(svm) < 0:  # nothing to evaluate on: whatever serves, or the cold start's prototypes
+        chosen = svm if serving_method == svm.method else prototype
+    elif serving_method == svm.method:
+        chosen = prototype if clearly_better(prototype, svm) else svm
+    else:
+        chosen = svm if accuracy(svm) >= accuracy(prototype) else prototype
     report["chosen"] = chosen.method
     started = time.perf_counter()
     temperature = calibrate(chosen, departments, train, seed_texts, max_text_chars)
