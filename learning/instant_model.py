@@ -62,11 +62,12 @@ ONLINE_AGGRESSIVENESS = 0.3
 TEMPERATURE_BOUNDS = (0.1, 1000.0)  # the search's range; the constants are 8 (SVM) and 100 (prototype cosines)
 
 
-def _vectorizer(n_docs: int):
+def tfidf_vectorizer(n_docs: int, dtype=np.float64):
+    """The ticket features of the instant model (and of the queue order's clustering, ``learning.strategies.embed``)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, max_features=MAX_FEATURES,
-                           min_df=2 if n_docs >= MIN_DF_FROM_DOCS else 1)
+                           min_df=2 if n_docs >= MIN_DF_FROM_DOCS else 1, dtype=dtype)
 
 
 def _softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -123,7 +124,7 @@ class PrototypeClassifier(_TfidfClassifier):
         index = {d: i for i, d in enumerate(self.departments)}
         pairs = [(t, y) for t, y in zip(self._clip(texts), labels) if y in index]
         seeds = [seed_texts.get(d) or d for d in self.departments]
-        self._vectorizer = _vectorizer(len(pairs) + len(seeds)).fit(seeds + [t for t, _ in pairs])
+        self._vectorizer = tfidf_vectorizer(len(pairs) + len(seeds)).fit(seeds + [t for t, _ in pairs])
         # Everything stays sparse: a dense departments x n-grams matrix is gigabytes at 549 departments and 10^5 labels.
         prototypes = self.SEED_WEIGHT * normalize(self._vectorizer.transform(seeds))
         if pairs:
@@ -159,7 +160,7 @@ class LinearSvmClassifier(_TfidfClassifier):
         unlabelled = [d for d in self.departments if d not in known]
         docs += [seed_texts.get(d) or d for d in unlabelled]
         ys += unlabelled
-        self._vectorizer = _vectorizer(len(docs))
+        self._vectorizer = tfidf_vectorizer(len(docs))
         features = self._vectorizer.fit_transform(docs)
         if len(self.departments) > 1:
             with warnings.catch_warnings():  # "more classes than half the samples" is expected before labels exist

@@ -137,12 +137,12 @@ def embed(texts: Sequence[str], seed: int = 0) -> np.ndarray:
     truncated SVD, so that k-means and nearest neighbours work on a small dense matrix (tickets x 100), never on
     tickets x n-grams."""
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.preprocessing import normalize
 
+    from learning.instant_model import tfidf_vectorizer
+
     try:
-        features = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2 if len(texts) >= 200 else 1,
-                                   dtype=np.float32).fit_transform(texts)
+        features = tfidf_vectorizer(len(texts), dtype=np.float32).fit_transform(texts)
     except ValueError:  # no n-gram in enough tickets (empty or all-different texts): nothing tells them apart
         return np.ones((len(texts), 1), dtype=np.float32)
     dimensions = min(EMBEDDING_DIMENSIONS, features.shape[1] - 1, len(texts) - 1)
