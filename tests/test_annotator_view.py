@@ -5,7 +5,7 @@ from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorVie
 from core.classifier import TicketPrediction
 from core.labeling import parse_label_config
 from core.people import AnnotatorDirectory
-from learning.strategies import MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS, Pool, maturity, typical_order
+from learning.strategies import MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS, Pool, TypicalThenMargin
 from tests.helpers import LABEL_CONFIG
 
 SPACE = parse_label_config(LABEL_CONFIG)
@@ -37,7 +37,7 @@ def test_a_young_model_orders_the_queue_by_typical_tickets_of_uncovered_regions_
     places = view.young_places(ids, lights + noise, labelled=lights[:3], departments=departments)
     assert places == view.young_places(ids, lights + noise, labelled=lights[:3], departments=departments)
     assert sorted(places.values()) == [i / 16 for i in range(16)]
-    order = typical_order(Pool(lights + noise, lights[:3]), maturity(departments))  # tests/test_strategies.py: what it picks
+    order = TypicalThenMargin().first(Pool(lights + noise, lights[:3]), departments)  # the replay's order (test_strategies.py)
     assert [ids[i] for i in order] == sorted(places, key=places.get)
     young = [view.queue_priority(PREDICTION, task_id, 3, departments, places) for task_id in ids]
     assert young == [round(places[i], 6) for i in ids]

@@ -186,11 +186,12 @@ def test_the_llm_model_is_refused_without_a_gpu(tmp_path, capsys, monkeypatch):
 
 
 def test_the_default_strategy_is_the_services_and_picks_typical_tickets_while_the_model_is_young():
-    """`--strategies default` replays the queue order the service writes: before the model is mature each batch is
-    the head of TypiClust's order over the tickets still unlabelled (learning.strategies.typical_order), seeded from
-    the replay's seed."""
-    from learning.strategies import DEFAULT, Pool, mature, maturity, typical_order
-    from tools.simulation import InstantModel, Schedule, Tickets, build_parser, initial_batch, replay
+    """`--strategies default` replays the queue order the service writes: before the model is mature each batch,
+    the first one included (the service orders a project's queue before it has any label), is the head of
+    TypiClust's order over the tickets still unlabelled (learning.strategies.TypicalThenMargin.first), seeded from the
+    replay's seed."""
+    from learning.strategies import DEFAULT, Pool, TypicalThenMargin, mature
+    from tools.simulation import InstantModel, Schedule, Tickets, build_parser, replay
 
     assert build_parser().parse_args(["--train", "t", "--eval", "e", "--strategies", "default"]).strategies == [DEFAULT]
     pool, evaluation = tickets(40, seed=1), tickets(20, seed=2)
@@ -205,11 +206,12 @@ def test_the_default_strategy_is_the_services_and_picks_typical_tickets_while_th
 
     model = Recording(sorted(KEYWORDS))
     try:
-        replay(DEFAULT, 0, pool, evaluation, model, Schedule(INITIAL, STEP, BUDGET))
+        replay(DEFAULT, 0, pool, evaluation, model, Schedule(INITIAL, STEP, BUDGET), len(KEYWORDS))
     finally:
         model.close()
-    first = initial_batch(len(pool), INITIAL, 0)
+    rng, typical = np.random.default_rng([0, 1]), TypicalThenMargin()  # the replay's generator, drawn in the same order
+    first = typical.first(Pool(pool.texts, []), len(KEYWORDS), rng)[:INITIAL]
+    assert learnt[0] == [pool.texts[i] for i in first]
     rest = np.setdiff1d(np.arange(len(pool)), first)
-    seed = int(np.random.default_rng([0, 1]).integers(2**31))
-    order = typical_order(Pool([pool.texts[i] for i in rest], [pool.texts[i] for i in first]), maturity(len(KEYWORDS)), seed)
+    order = typical.first(Pool([pool.texts[i] for i in rest], [pool.texts[i] for i in first]), len(KEYWORDS), rng)
     assert learnt[1] == [pool.texts[i] for i in rest[order[:STEP]]]

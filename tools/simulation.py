@@ -2,7 +2,8 @@
 
     python -m backend simulate --train train.jsonl --eval eval.jsonl --out out/simulation
 
-Every strategy starts from the same seeded random batch of labels. Then, until the budget is spent: the model is
+Every strategy starts from the same seeded random batch of labels, except one that can choose before any model
+exists (the default's typical picks, as the service's queue orders a project without labels). Then, until the budget is spent: the model is
 fitted on the labels so far, scored on the separate evaluation file, asked for its distribution over the
 remaining pool, and the strategy picks the next step of tickets, whose true labels are added. The learning curves
 show how many labels each strategy needs for an accuracy; the summary says how many fewer than random order.
@@ -39,7 +40,7 @@ from core.labeling import parse_label_config
 from core.settings import Settings, SettingsError
 from core.store import Label, open_store
 from learning.instant_model import fit_on_labels
-from learning.strategies import DEFAULT, STRATEGIES, Pool, strategy
+from learning.strategies import DEFAULT, STRATEGIES, ColdStart, Pool, strategy
 
 DEFAULT_STRATEGIES = ("random", DEFAULT, "least-confidence", "margin", "entropy", "balanced-margin")
 REFERENCE = "random"
@@ -240,11 +241,15 @@ def score(clf: Classifier, evaluation: Tickets) -> tuple[float, float]:
 
 
 def replay(strategy_name: str, seed: int, pool: Tickets, evaluation: Tickets, model: Learner, schedule: Schedule,
-           on_refit: Callable[[], object] = lambda: None) -> list[CurvePoint]:
-    """One learning curve: `strategy_name` choosing from `pool` after the seed's initial batch."""
+           departments: int, on_refit: Callable[[], object] = lambda: None) -> list[CurvePoint]:
+    """One learning curve: `strategy_name` choosing from `pool` (labels over `departments` units) after the seed's
+    initial batch, or after its own first picks if it makes them without a model."""
     chooser = strategy(strategy_name)
     rng = np.random.default_rng([seed, 1])
-    new = initial_batch(len(pool), schedule.initial, seed)
+    if isinstance(chooser, ColdStart):
+        new = chooser.first(Pool(pool.texts, []), departments, rng)[: schedule.initial]
+    else:
+        new = initial_batch(len(pool), schedule.initial, seed)
     labelled, unlabelled = new, np.setdiff1d(np.arange(len(pool)), new)
     points: list[CurvePoint] = []
     clf = None
@@ -274,7 +279,7 @@ def simulate(pool: Tickets, evaluation: Tickets, departments: Sequence[str], str
             for name in strategies:
                 progress.set_postfix_str(f"{name}, seed {seed}")
                 with closing(MODELS[model](departments)) as learner:
-                    points += replay(name, seed, pool, evaluation, learner, schedule, progress.update)
+                    points += replay(name, seed, pool, evaluation, learner, schedule, len(departments), progress.update)
     return points
 
 
@@ -416,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                         type=lambda name: DEFAULT if name == "default" else name, metavar="NAME",
                         help=f"query strategies to compare, from: {', '.join(STRATEGIES)}; 'default' is the service's "
                              f"queue order, {DEFAULT} (default: {' '.join(DEFAULT_STRATEGIES)})")
-    parser.add_argument("--initial", type=int, default=20, metavar="N", help="random labels every strategy starts from (default: %(default)s)")
+    parser.add_argument("--initial", type=int, default=20, metavar="N",
+                        help="labels every strategy starts from: a seeded random batch, or the default's first typical "
+                             "picks (default: %(default)s)")
     parser.add_argument("--step", type=int, default=50, metavar="N", help="tickets the strategy picks between refits (default: %(default)s)")
     parser.add_argument("--budget", type=int, metavar="N", help="stop at this many labels (default: the whole pool)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
