@@ -6,8 +6,8 @@ Two small classifiers, because neither is best throughout the life of a project:
 * ``PrototypeClassifier`` — cosine similarity to one prototype per department, built from the catalog's seed
   text (name, aliases, 职责 duties) plus the mean of its gold tickets. It makes sensible suggestions before
   anyone has labelled anything and does not lose them when the first few labels arrive.
-* ``LinearSvmClassifier`` — a linear SVM over gold tickets (and the seed text of departments without any). With a
-  few labels per department it is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is
+* ``LinearSvmClassifier`` — a linear SVM over gold tickets (over the catalog texts until two departments have
+  labels). With a few labels per department it is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is
   far better (BENCHMARKS.md, section 3, against the TF-IDF + LinearSVC reference).
 
 ``fit_instant_model`` moves a project from the prototypes to the SVM once the SVM answers at least as much of the frozen
@@ -153,19 +153,17 @@ class LinearSvmClassifier(_TfidfClassifier):
         index = {d: i for i, d in enumerate(self.departments)}
         docs = [t for t, y in zip(self._clip(texts), labels) if y in index]
         ys = [y for y in labels if y in index]
-        # A department's catalog text is an example only until it has gold labels of its own: the SVM can then
-        # answer it from the first ticket on, and later the text no longer pulls the weights. Kept beside the labels,
-        # the department names cost 0.3-0.5 accuracy points on Dalian's 5 folds (and gave 1.4 on Shanghai k = 20's).
-        known = set(ys)
-        unlabelled = [d for d in self.departments if d not in known]
-        gold = len(docs)
-        docs += [seed_texts.get(d) or d for d in unlabelled]
-        ys += unlabelled
-        # The vocabulary and its idf come from the gold tickets alone once there are any: the short catalog texts
-        # of departments still without labels would otherwise reweigh every ticket's n-grams (on Shanghai's 549
-        # units that cost the one ticket by which 5-fold CV fell short of the reference).
-        self._vectorizer = tfidf_vectorizer(gold or len(docs)).fit(docs[:gold] or docs)
-        features = self._vectorizer.transform(docs)
+        # The catalog texts are examples only until gold labels tell two departments apart; from then on the SVM is
+        # the reference's (TF-IDF + LinearSVC on the gold tickets alone) and a department is suggested from its first
+        # label on. Kept beside the labels, the department names cost 0.3-0.5 accuracy points on Dalian's 5 folds;
+        # kept for the departments without labels, they reweighed every n-gram and took 2-3 tickets a fold from
+        # Shanghai's 549 units (BENCHMARKS section 9). The catalog still routes a young project through the prototypes.
+        if len(set(ys)) < 2:
+            unlabelled = [d for d in self.departments if d not in set(ys)]
+            docs += [seed_texts.get(d) or d for d in unlabelled]
+            ys += unlabelled
+        self._vectorizer = tfidf_vectorizer(len(docs))
+        features = self._vectorizer.fit_transform(docs)
         if len(self.departments) > 1:
             with warnings.catch_warnings():  # "more classes than half the samples" is expected before labels exist
                 warnings.simplefilter("ignore", UserWarning)

@@ -162,16 +162,25 @@ def test_a_capped_refit_keeps_every_departments_newest_labels():
 
 
 
-def test_the_svm_learns_a_labelled_department_from_its_labels_and_an_unlabelled_one_from_the_catalog():
-    """Issue 10: beside a department's own gold labels its catalog text cost accuracy (Dalian's department names); it
-    stands in only until the department has a label, so an unlabelled department can still be suggested."""
+def test_once_labels_tell_departments_apart_the_svm_is_the_reference_and_the_catalog_no_longer_reaches_it():
+    """Issue 10: the catalog texts beside gold labels cost accuracy (Dalian's department names, Shanghai's units
+    without labels); the SVM learns from the catalog only until two departments have labels, then from gold tickets
+    alone, exactly as TF-IDF + LinearSVC does."""
+    from sklearn.svm import LinearSVC
+
+    from learning.instant_model import tfidf_vectorizer
+
     rows = [r for r in SAMPLES if r["department"] in CATALOG.names[:3]]
     texts, labels = [r["text"] for r in rows], [r["department"] for r in rows]
     renamed = {name: f"{name} 其他说明" for name in CATALOG.names}
     with_catalog = LinearSvmClassifier("v", CATALOG.names).fit(texts, labels, CATALOG.seed_texts())
-    other_catalog = LinearSvmClassifier("v", CATALOG.names).fit(texts, labels, {**CATALOG.seed_texts(), **{n: renamed[n] for n in CATALOG.names[:3]}})
+    other_catalog = LinearSvmClassifier("v", CATALOG.names).fit(texts, labels, renamed)
     scores = with_catalog.decision_scores(texts)
-    assert np.array_equal(scores, other_catalog.decision_scores(texts))  # a labelled department's catalog text is not learnt
-    unlabelled = CATALOG.names[5]
-    answer = summarize(with_catalog.predict_proba([CATALOG.seed_texts()[unlabelled]]), CATALOG.names)[0]
-    assert answer.department == unlabelled
+    assert np.array_equal(scores, other_catalog.decision_scores(texts))
+    vectorizer = tfidf_vectorizer(len(texts))
+    reference = LinearSVC(C=1.0, random_state=0).fit(vectorizer.fit_transform(texts), labels)
+    assert [CATALOG.names[i] for i in scores.argmax(axis=1)] == list(reference.predict(vectorizer.transform(texts)))
+    assert np.isneginf(scores[:, 3:]).all()  # a department without a label is not suggested by the SVM
+    unlabelled = CATALOG.names[5]  # before any label, the catalog routes
+    cold = LinearSvmClassifier("v", CATALOG.names).fit([], [], CATALOG.seed_texts())
+    assert summarize(cold.predict_proba([CATALOG.seed_texts()[unlabelled]]), CATALOG.names)[0].department == unlabelled
