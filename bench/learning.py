@@ -13,7 +13,8 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
   (``core.evaluation.classification_report``: accuracy, macro-F1 over the units present in the fold). The same
   fitted instant model gives the ECE before (its method's constant temperature) and after (the fitted one).
 * strategy: an active-learning replay (``tools.simulation.simulate``) of the service's default queue order
-  (``learning.strategies.DEFAULT``: random order until the model is mature, then margin sampling) and random order,
+  (``learning.strategies.DEFAULT``: TypiClust's typical picks, the first batch included, until the model is mature,
+  then margin sampling) and random order,
   pool = the training rows of the first fold, scored on its held-out rows, one replay per seed up to the largest
   budget that fits the pool. Accuracy at each budget (mean and std over seeds); the saving at 800 labels is
   ``tools.simulation.compare_to_random`` on the curves cut at 800: labels from which the default's mean curve stays
@@ -231,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cross-validation folds; the first fold is also the replay's pool/eval split (default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="replay seeds and noise seeds (default: %(default)s)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[400, 800, 1600], help="label budgets of the replay (default: %(default)s)")
-    parser.add_argument("--initial", type=int, default=100, help="random labels every replay starts from (default: %(default)s)")
+    parser.add_argument("--initial", type=int, default=100, help="labels every replay starts from: a seeded random batch, the default's first "
+                        "typical picks (default: %(default)s)")
     parser.add_argument("--step", type=int, default=100, help="labels the strategy picks between refits; every budget must be a "
                         "checkpoint, initial + a multiple of step (default: %(default)s)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.10], help="label-noise rates (default: %(default)s)")

@@ -5,7 +5,7 @@ the pre-annotation job before it predicts).
 
 For each size and label space, a child process builds that many waiting tickets (the sample tickets with random edits,
 as bench/volume.py makes them) and 100 gold labels, and runs ``AnnotatorView.young_places`` as the pre-annotation job
-does: TF-IDF, truncated SVD, k-means with as many clusters as labels at maturity (max(300, 8 x departments)),
+does: TF-IDF, truncated SVD, k-means with TypiClust's |L| + B clusters (``learning.strategies.typical_clusters``),
 nearest neighbours. Its wall time and peak RSS (wait4) are reported; the baseline is the random order it replaced
 (a hash of each task id), timed in the same child.
 """
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         Path(args.one[2]).write_text(json.dumps(one(int(args.one[0]), int(args.one[1]))))
         return 0
-    from learning.strategies import maturity
+    from learning.strategies import typical_clusters
 
     rows = []
     print("| waiting tickets | departments | clusters | typical order: s (in the child) | child's peak RSS MB | random order (hash) s |\n"
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = Path(tmp) / f"{size}-{departments}.json"
                 cost = child([sys.executable, "-m", "bench.queue_order", "--one", str(size), str(departments), str(result)],
                              env=dict(os.environ), timeout=args.timeout)
-                row = {"size": size, "departments": departments, "clusters": maturity(departments), **cost,
+                row = {"size": size, "departments": departments, "clusters": typical_clusters(LABELLED, departments), **cost,
                        **(json.loads(result.read_text()) if result.exists() else {})}
                 rows.append(row)
                 print(f"| {size} | {departments} | {row['clusters']} | {row.get('typical_seconds', 'timed out')} | "

@@ -104,9 +104,11 @@ class ClassBalanced:
         return order[np.lexsort((seat_in_round[predicted], round_number))]
 
 
-# When margin sampling starts to pay: fitted by eye on the dev sets' replays (bench/learning.py, BENCHMARKS section 9),
-# where margin trailed random order up to ~450 labels on Shanghai k = 20 (57 units, 8 a unit) and ~250 on TipDM (7).
-MATURE_LABELS_PER_DEPARTMENT = 8
+# When margin sampling starts to pay, after typical picks: 5-seed replays on the dev sets (BENCHMARKS section 9).
+# Switching at 4 labels a unit instead of 8 raised Shanghai k = 20 (57 units, switch at 300 instead of 456) by 1-3
+# points from 400 to 800 labels; 3 a unit (switch at 200) was 1 point lower again. A 200-label floor helped Dalian
+# k = 20 (30 units) but put TipDM (7 units) 3.5 points below random order at 200 labels, hence 300.
+MATURE_LABELS_PER_DEPARTMENT = 4
 MATURE_MIN_LABELS = 300
 
 
@@ -195,6 +197,11 @@ def typical_order(pool: Pool, clusters: int, seed: int = 0) -> np.ndarray:
     return np.lexsort((np.arange(unlabelled), -typicality[len(pool.labelled):], -sizes[candidates], covered[candidates] + rank_inside))
 
 
+def typical_clusters(labelled: int, departments: int) -> int:
+    """How many clusters the young order cuts the pool into: TypiClust's |L| + B, at most the labels at maturity."""
+    return min(maturity(departments), labelled + TYPICAL_BATCH)
+
+
 class TypicalThenMargin:
     """TypiClust's typical picks while the model is young, margin sampling once it is ``mature``.
 
@@ -216,8 +223,8 @@ class TypicalThenMargin:
     def first(self, pool: Pool, departments: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The order before any model exists (no probabilities needed): the typical picks, as the service's queue
         gives them to a project with no gold labels yet."""
-        clusters = min(maturity(departments), len(pool.labelled) + TYPICAL_BATCH)
-        return typical_order(pool, clusters, seed=0 if rng is None else int(rng.integers(2**31)))
+        return typical_order(pool, typical_clusters(len(pool.labelled), departments),
+                             seed=0 if rng is None else int(rng.integers(2**31)))
 
 
 UNCERTAINTY = {"least-confidence": LeastConfidence, "margin": Margin, "entropy": Entropy}
