@@ -269,7 +269,11 @@ def calibrate(method: type[_TfidfClassifier], departments: Sequence[str], labels
         fitted = [i for i in range(len(rows)) if fold[i] != k]
         clf = method("calibration", departments, max_text_chars).fit([texts[i] for i in fitted], [ys[i] for i in fitted], seed_texts)
         scores[held] = clf.decision_scores([texts[i] for i in held])
-    return fit_temperature(scores, np.array([index[y] for y in ys]))
+    gold = np.array([index[y] for y in ys])
+    # A row whose department had no label in the other folds scores -inf there (the SVM cannot answer it): its loss
+    # is infinite at every temperature, which would make every temperature equally bad, so it is left out.
+    answerable = np.isfinite(scores[np.arange(len(gold)), gold])
+    return fit_temperature(scores[answerable], gold[answerable]) if answerable.any() else None
 
 
 def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Sequence[str], Sequence[str]],
