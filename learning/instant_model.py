@@ -206,9 +206,9 @@ class LinearSvmClassifier(_TfidfClassifier):
         return len(pairs)
 
     def _scores(self, features) -> np.ndarray:
-        decision = np.atleast_2d(self._svm.decision_function(features))
-        if decision.shape[1] == 1:  # LinearSVC answers one column for two classes
-            decision = np.hstack([-decision, decision])
+        decision = self._svm.decision_function(features)
+        if decision.ndim == 1:  # two classes: LinearSVC answers one score per ticket, positive for classes_[1]
+            decision = np.column_stack([-decision, decision])
         scores = np.full((features.shape[0], len(self.departments)), -np.inf)
         scores[:, self._columns] = decision
         return scores

@@ -184,3 +184,14 @@ def test_once_labels_tell_departments_apart_the_svm_is_the_reference_and_the_cat
     unlabelled = CATALOG.names[5]  # before any label, the catalog routes
     cold = LinearSvmClassifier("v", CATALOG.names).fit([], [], CATALOG.seed_texts())
     assert summarize(cold.predict_proba([CATALOG.seed_texts()[unlabelled]]), CATALOG.names)[0].department == unlabelled
+
+
+def test_two_labelled_departments_of_many_answer_every_ticket():
+    """With gold labels for two departments only, the SVM is a two-class one (a single score per ticket); every
+    ticket still gets a distribution over all departments, the unlabelled ones at zero."""
+    texts = [f"{w}问题第{i}次反映" for i in range(10) for w in ("路灯", "噪音")]
+    labels = [n for _ in range(10) for n in CATALOG.names[:2]]
+    clf = LinearSvmClassifier("v", CATALOG.names).fit(texts, labels, CATALOG.seed_texts())
+    probs = clf.predict_proba(["路灯又坏了", "夜里噪音很大", "下雨积水严重"]).probs
+    assert probs.shape == (3, len(CATALOG.names)) and (probs[:, 2:] == 0).all()
+    assert probs[:, :2].argmax(axis=1).tolist()[:2] == [0, 1]
