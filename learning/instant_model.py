@@ -10,10 +10,11 @@ Two small classifiers, because neither is best throughout the life of a project:
   labels). With a few labels per department it is thrown off by what all tickets share (来电人反映…); with hundreds of labels it is
   far better (BENCHMARKS.md, section 3, against the TF-IDF + LinearSVC reference).
 
-``fit_instant_model`` moves a project from the prototypes to the SVM once the SVM answers at least as much of the frozen
-evaluation split right, and back only if the prototypes clearly lead it (``NEAR_TIE_ACCURACY``, ``SWITCH_Z``).
-Probabilities are a softmax of the scores times a temperature fitted out of fold on the labels (``calibrate``);
-with too few labels the method's constant serves, chosen by log-loss on the Shanghai split.
+``fit_instant_model`` chooses on every gold label (the frozen evaluation split, and the training labels out of fold):
+it moves a project from the prototypes to the SVM once the SVM is within a near-tie of them, and back only if the
+prototypes clearly lead it (``NEAR_TIE_ACCURACY``, ``SWITCH_Z``). Probabilities are a softmax of the scores times a
+temperature fitted on the same out-of-fold scores (``out_of_fold``); with too few labels the method's constant
+serves, chosen by log-loss on the Shanghai split.
 scikit-learn is imported on first fit, so importing the backend stays light.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,22 +37,26 @@ MIN_DF_FROM_DOCS = 200  # below this many documents a char n-gram seen once is s
 # The SVM's weights are departments x features, dense: the cap bounds a refit's memory whatever the texts (long
 # random ones, 10^6 labels). The dev sets have 117k-194k character n-grams, so it does not bind on them.
 MAX_FEATURES = 300_000
-# Accuracy on the evaluation split decides, not macro-F1: that rewards the prototypes' hits on rare departments, and
-# chose them on Dalian's 236 units in 4 of 5 folds at 0.18-0.20 accuracy where the SVM had 0.51-0.56
-# (bench/learning.py). The prototypes are the cold start's model and the SVM the one that grows with the labels, so
-# the move from one to the other is made once, as soon as the SVM is as accurate on the split, and undone only on
-# clear evidence: the split is small early on (40-130 rows, a row 1-2.5 points) and drawn from labels the queue order
-# picked (typical tickets, which the prototypes' class means answer well): on Dalian k = 20 at 200 labels the
-# prototypes led the SVM on it by two rows of 41 and answered 0.26 of the traffic right against the SVM's 0.48. A
-# serving SVM gives way only to prototypes that lead it by more than NEAR_TIE_ACCURACY and by more than SWITCH_Z
-# standard errors of the paired difference on the split's rows (McNemar's test, as Dietterich 1998 recommends for
-# comparing two classifiers on one test set): never a coin flip on a few rows.
+# Accuracy decides, not macro-F1: that rewards the prototypes' hits on rare departments, and chose them on Dalian's
+# 236 units in 4 of 5 folds at 0.18-0.20 accuracy where the SVM had 0.51-0.56 (bench/learning.py). It is counted on
+# every gold label: the frozen split alone is small early on (40-130 rows, a row 1-2.5 points) and drawn from labels
+# the queue order picked (typical tickets, which the prototypes' class means answer well): on Dalian k = 20 at 200
+# labels the prototypes led the SVM on it by two rows of 41 and answered 0.26 of the traffic right against the SVM's
+# 0.48; on TipDM they kept serving at 0.64 where the SVM answered 0.78 at 200 labels. The training labels, scored out
+# of fold, add their rows; but a fold's model learns from two thirds of them, which understates the SVM (its
+# accuracy still climbs with every label, the prototypes' has levelled off): out of fold it trailed the prototypes by
+# 0.015 on TipDM at 200 labels (0.625 against 0.64) where, fitted on every label, it led them by 0.11 on the traffic.
+# So the SVM, the model that grows with the labels, takes over from the cold start's prototypes once it is within
+# NEAR_TIE_ACCURACY of them, and a serving SVM gives way back only to prototypes that lead it by more than
+# NEAR_TIE_ACCURACY and by more than SWITCH_Z standard errors of the paired difference on the rows (McNemar's test, as
+# Dietterich 1998 recommends for comparing two classifiers on one test set): never a coin flip on a few rows.
 NEAR_TIE_ACCURACY = 0.02
 SWITCH_Z = 1.645  # one-sided 95 %
-# Temperature scaling out of fold (``calibrate``) fits the SVM on (folds - 1) x the rows, against about 2.25 x the
-# training rows for a refit's own two fits (the split's training rows, then every label): 3 folds keep a refit under
-# twice its uncalibrated time at any label count (measured at 4.5k labels / 549 departments: 1.5-1.7x), where 5 took
-# it to 1.8x there and would take it to about 2.8x near 2,000 labels. The row cap (a fixed-seed sample) bounds it.
+# The out-of-fold pass (``out_of_fold``: the choice and the temperature) fits the SVM on (folds - 1) x the rows,
+# against about 2.25 x the training rows for a refit's own two fits (the split's training rows, then every label); the
+# prototypes' fits are a TF-IDF pass and a sparse mean. 3 folds keep a refit under twice its time without the pass
+# at any label count (measured at 4.5k labels / 549 departments: 1.5-1.7x), where 5 took it to 1.8x there and would
+# take it to about 2.8x near 2,000 labels. The row cap (a fixed-seed sample) bounds it.
 CALIBRATION_FOLDS = 3
 CALIBRATION_MAX_ROWS = 2000
 CALIBRATION_MIN_ROWS = 50  # below this, a few rows a fold say little about a temperature: the method's constant serves
@@ -248,70 +254,87 @@ def _stratified_folds(labels: Sequence[str], folds: int, rng: np.random.Generato
     return fold
 
 
-def calibrate(method: type[_TfidfClassifier], departments: Sequence[str], labels: tuple[Sequence[str], Sequence[str]],
-              seed_texts: Mapping[str, str], max_text_chars: int = 20_000) -> float | None:
-    """The temperature of `method` fitted out of fold on the (texts, labels): CALIBRATION_FOLDS stratified folds of
-    at most CALIBRATION_MAX_ROWS rows (a fixed-seed sample), each fold scored by the method fitted on the others and
-    the seed texts, then ``fit_temperature`` on the out-of-fold scores (Guo et al. 2017, "On Calibration of Modern
-    Neural Networks"). None when there are too few labels to fit one (CALIBRATION_MIN_ROWS, on average
-    CALIBRATION_MIN_PER_DEPARTMENT per department, two departments): the method's constant then serves."""
+@dataclass(frozen=True)
+class OutOfFold:
+    """Every method's scores on sampled training rows, each row scored by the method fitted on the other folds."""
+    gold: np.ndarray  # the column of each row's department
+    scores: dict[type, np.ndarray]  # method -> rows x departments
+
+    def correct(self, method: type) -> list[bool]:
+        return list(self.scores[method].argmax(axis=1) == self.gold)
+
+    def temperature(self, method: type) -> float | None:
+        """``fit_temperature`` on the method's scores (Guo et al. 2017, "On Calibration of Modern Neural Networks").
+        A row whose department had no label in the other folds scores -inf there (the SVM cannot answer it): its loss
+        is infinite at every temperature, which would make every temperature equally bad, so it is left out."""
+        rows = np.arange(len(self.gold))
+        answerable = np.isfinite(self.scores[method][rows, self.gold])
+        return fit_temperature(self.scores[method][answerable], self.gold[answerable]) if answerable.any() else None
+
+
+def out_of_fold(methods: Sequence[type[_TfidfClassifier]], departments: Sequence[str], labels: tuple[Sequence[str], Sequence[str]],
+                seed_texts: Mapping[str, str], max_text_chars: int = 20_000) -> OutOfFold | None:
+    """The `methods`' out-of-fold scores on the (texts, labels): CALIBRATION_FOLDS stratified folds of at most
+    CALIBRATION_MAX_ROWS rows (a fixed-seed sample), each fold scored by each method fitted on the others and the
+    seed texts. None when there are too few labels for folds to say anything (CALIBRATION_MIN_ROWS, on average
+    CALIBRATION_MIN_PER_DEPARTMENT per department, two departments)."""
     index = {d: i for i, d in enumerate(departments)}
     rows = [(text, label) for text, label in zip(*labels) if label in index]
     labelled = {label for _, label in rows}
     if len(rows) < max(CALIBRATION_MIN_ROWS, CALIBRATION_MIN_PER_DEPARTMENT * len(labelled)) or len(departments) < 2:
         return None
-    rng = np.random.default_rng(0)  # the same labels give the same temperature
+    rng = np.random.default_rng(0)  # the same labels give the same choice and temperature
     if len(rows) > CALIBRATION_MAX_ROWS:
         rows = [rows[i] for i in np.sort(rng.choice(len(rows), CALIBRATION_MAX_ROWS, replace=False))]
     texts, ys = [t for t, _ in rows], [y for _, y in rows]
     fold = _stratified_folds(ys, CALIBRATION_FOLDS, rng)
-    scores = np.empty((len(rows), len(departments)))
+    scores = {method: np.empty((len(rows), len(departments))) for method in methods}
     for k in range(CALIBRATION_FOLDS):
         held = np.flatnonzero(fold == k)
         fitted = [i for i in range(len(rows)) if fold[i] != k]
-        clf = method("calibration", departments, max_text_chars).fit([texts[i] for i in fitted], [ys[i] for i in fitted], seed_texts)
-        scores[held] = clf.decision_scores([texts[i] for i in held])
-    gold = np.array([index[y] for y in ys])
-    # A row whose department had no label in the other folds scores -inf there (the SVM cannot answer it): its loss
-    # is infinite at every temperature, which would make every temperature equally bad, so it is left out.
-    answerable = np.isfinite(scores[np.arange(len(gold)), gold])
-    return fit_temperature(scores[answerable], gold[answerable]) if answerable.any() else None
+        for method in methods:
+            clf = method("out-of-fold", departments, max_text_chars).fit([texts[i] for i in fitted], [ys[i] for i in fitted], seed_texts)
+            scores[method][held] = clf.decision_scores([texts[i] for i in held])
+    return OutOfFold(np.array([index[y] for y in ys]), scores)
 
 
 def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Sequence[str], Sequence[str]],
                       all_labels: tuple[Sequence[str], Sequence[str]], seed_texts: Mapping[str, str],
                       evaluate: Callable[[_TfidfClassifier], dict], max_text_chars: int = 20_000,
                       serving_method: str | None = None) -> tuple[_TfidfClassifier, dict]:
-    """Choose the method on the frozen split, then refit it on every label.
+    """Choose the method on every gold label, then refit it on every label.
 
-    Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split. A project
-    starts on the prototypes (they need no labels) and moves to the SVM once the SVM answers at least as much of the
-    split right; a serving SVM (`serving_method`, the method of the version serving now) gives way back only to
-    prototypes that are ``clearly_better`` (with the reports' per-row ``correct`` flags, a paired test; without
-    them, the lead alone). With nothing to evaluate on, the serving method stays (the prototypes at first). The chosen method's
-    temperature is fitted out of fold on `train` (``calibrate``), and its report redone with it, so the split's ECE
-    and auto-routing thresholds are those of the probabilities served.
+    Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split, and scored
+    out of fold on the training labels (``out_of_fold``): the choice counts the rows answered right of both, the
+    split's rows and the training rows (with the reports' per-row ``correct`` flags; without them, the split's
+    accuracy alone). The prototypes serve until the SVM is within NEAR_TIE_ACCURACY of them; a serving SVM gives way
+    back only to prototypes that are ``clearly_better``. With nothing to evaluate on, the serving method stays (the
+    prototypes at first). The chosen method's temperature is fitted on its out-of-fold scores, and its report redone
+    with it, so the split's ECE and auto-routing thresholds are those of the probabilities served.
     The chosen method is then refitted on `all_labels`, the usual final refit after model selection: the report's
     numbers stay those of a model that never saw the split. Returns (classifier, report)."""
     report: dict = {}
     candidates = {method: method(version, departments, max_text_chars).fit(*train, seed_texts) for method in METHODS}
     for method, candidate in candidates.items():
         report[method.method] = evaluate(candidate)
-
-    rows = {method: report[method.method].pop("correct", None) for method in METHODS}
+    started = time.perf_counter()
+    folds = out_of_fold(METHODS, departments, train, seed_texts, max_text_chars)
+    folds_seconds = time.perf_counter() - started
+    rows = {method: (report[method.method].pop("correct", None) or []) + (folds.correct(method) if folds else []) for method in METHODS}
 
     def accuracy(method) -> float:
+        if rows[method]:
+            return sum(rows[method]) / len(rows[method])
         value = report[method.method].get("accuracy")
         return -1.0 if value is None else value
 
     def clearly_better(challenger, incumbent) -> bool:
         if accuracy(challenger) <= accuracy(incumbent) + NEAR_TIE_ACCURACY:
             return False
-        lead = accuracy(challenger) - accuracy(incumbent)
-        if rows[challenger] is None or rows[incumbent] is None:
+        if not rows[challenger]:
             return True
         discordant = sum(a != b for a, b in zip(rows[challenger], rows[incumbent]))
-        return lead > SWITCH_Z * math.sqrt(discordant) / len(rows[challenger])
+        return accuracy(challenger) - accuracy(incumbent) > SWITCH_Z * math.sqrt(discordant) / len(rows[challenger])
 
     prototype, svm = METHODS
     if accuracy(svm) < 0:  # nothing to evaluate on: whatever serves, or the cold start's prototypes
@@ -319,16 +342,16 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
     elif serving_method == svm.method:
         chosen = prototype if clearly_better(prototype, svm) else svm
     else:
-        chosen = svm if accuracy(svm) >= accuracy(prototype) else prototype
+        chosen = svm if accuracy(svm) >= accuracy(prototype) - NEAR_TIE_ACCURACY else prototype
     report["chosen"] = chosen.method
-    started = time.perf_counter()
-    temperature = calibrate(chosen, departments, train, seed_texts, max_text_chars)
+    report["chosen_on"] = {method.method: {"rows": len(rows[method]), "accuracy": round(accuracy(method), 4)} for method in METHODS}
+    temperature = folds.temperature(chosen) if folds else None
     if temperature is not None:
         candidates[chosen].temperature = temperature
         report[chosen.method] = evaluate(candidates[chosen])  # the choice stands: a temperature never changes the top-1
         report[chosen.method].pop("correct", None)
     report["calibration"] = {"temperature": round(temperature or chosen.temperature, 4), "fitted": temperature is not None,
-                             "seconds": round(time.perf_counter() - started, 3)}
+                             "seconds": round(folds_seconds, 3)}
     final = chosen(version, departments, max_text_chars).fit(*all_labels, seed_texts)
     if temperature is not None:
         final.temperature = temperature
@@ -338,9 +361,9 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
 def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[StoredLabel], seed_texts: Mapping[str, str],
                   max_text_chars: int = 20_000, serving_method: str | None = None,
                   routing: AutoRouting | None = None, max_train_labels: int | None = None) -> tuple[_TfidfClassifier, dict]:
-    """The instant model as the service fits it from its label store: the method is chosen on the labels' frozen
-    evaluation split (the `serving_method` kept on near-ties), then refitted on every label of the departments
-    served. Returns (classifier, metrics).
+    """The instant model as the service fits it from its label store: the method is chosen on the labels (the
+    frozen evaluation split, and the training labels out of fold; the `serving_method` kept on near-ties), then
+    refitted on every label of the departments served. Returns (classifier, metrics).
 
     With `routing`, the metrics carry auto-routing thresholds proven on the split for the fit that never saw it;
     the version served also learnt the split's rows, so for instant versions the audits are what check the promise.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.evaluation import expected_calibration_error
-from learning.instant_model import CALIBRATION_MIN_ROWS, LinearSvmClassifier, PrototypeClassifier, calibrate, fit_instant_model
+from learning.instant_model import CALIBRATION_MIN_ROWS, LinearSvmClassifier, PrototypeClassifier, fit_instant_model, out_of_fold
 
 NAMES = ("甲单位", "乙单位", "丙单位", "丁单位")
 TOPICS = ("路灯", "噪音", "积水", "停车")
@@ -26,6 +26,12 @@ def tickets(n: int, seed: int, noise: float = 0.3) -> tuple[list[str], list[str]
         texts.append(filler[:6] + "".join(rng.permutation(words)) + filler[6:])
         labels.append(NAMES[d])
     return texts, labels
+
+
+def calibrate(method, departments, labels, seed_texts) -> float | None:
+    """The temperature the service fits for `method` on these labels; None when it keeps the method's constant."""
+    scores = out_of_fold((method,), departments, labels, seed_texts)
+    return None if scores is None else scores.temperature(method)
 
 
 def nll(clf, texts, labels) -> float:
