@@ -256,12 +256,26 @@ def _stratified_folds(labels: Sequence[str], folds: int, rng: np.random.Generato
 
 @dataclass(frozen=True)
 class OutOfFold:
-    """Every method's scores on sampled training rows, each row scored by the method fitted on the other folds."""
+    """Every method's scores on sampled training rows, each row scored by the method fitted on the other folds, and
+    its accuracy fitted on one fold and scored on the others (half as many labels): two points of its learning curve."""
     gold: np.ndarray  # the column of each row's department
     scores: dict[type, np.ndarray]  # method -> rows x departments
+    one_fold_accuracy: dict[type, float]
 
     def correct(self, method: type) -> list[bool]:
         return list(self.scores[method].argmax(axis=1) == self.gold)
+
+    def projected_accuracy(self, method: type) -> float:
+        """The method's accuracy with every label, read off a learning curve straight in log(labels) through its
+        accuracy at (folds - 1)/folds and at 1/folds of them (learning curves of this kind are close to power laws,
+        Viering & Loog 2022, "The Shape of Learning Curves: a Review"). Out of fold alone understates a method whose
+        accuracy still climbs with every label (the SVM early on) against one whose curve has levelled off (the
+        prototypes): on TipDM at 200 labels the SVM trailed them by 0.025 out of fold and led them by 0.13 on the
+        traffic, fitted on every label."""
+        folds = CALIBRATION_FOLDS
+        at_most = float(np.mean(self.correct(method)))
+        slope = (at_most - self.one_fold_accuracy[method]) / math.log(folds - 1)
+        return at_most + slope * math.log(folds / (folds - 1))
 
     def temperature(self, method: type) -> float | None:
         """``fit_temperature`` on the method's scores (Guo et al. 2017, "On Calibration of Modern Neural Networks").
@@ -276,8 +290,9 @@ def out_of_fold(methods: Sequence[type[_TfidfClassifier]], departments: Sequence
                 seed_texts: Mapping[str, str], max_text_chars: int = 20_000) -> OutOfFold | None:
     """The `methods`' out-of-fold scores on the (texts, labels): CALIBRATION_FOLDS stratified folds of at most
     CALIBRATION_MAX_ROWS rows (a fixed-seed sample), each fold scored by each method fitted on the others and the
-    seed texts. None when there are too few labels for folds to say anything (CALIBRATION_MIN_ROWS, on average
-    CALIBRATION_MIN_PER_DEPARTMENT per department, two departments)."""
+    seed texts; and each method fitted on each fold alone, scored on the others. None when there are too few labels
+    for folds to say anything (CALIBRATION_MIN_ROWS, on average CALIBRATION_MIN_PER_DEPARTMENT per department, two
+    departments)."""
     index = {d: i for i, d in enumerate(departments)}
     rows = [(text, label) for text, label in zip(*labels) if label in index]
     labelled = {label for _, label in rows}
@@ -287,30 +302,38 @@ def out_of_fold(methods: Sequence[type[_TfidfClassifier]], departments: Sequence
     if len(rows) > CALIBRATION_MAX_ROWS:
         rows = [rows[i] for i in np.sort(rng.choice(len(rows), CALIBRATION_MAX_ROWS, replace=False))]
     texts, ys = [t for t, _ in rows], [y for _, y in rows]
+    gold = np.array([index[y] for y in ys])
     fold = _stratified_folds(ys, CALIBRATION_FOLDS, rng)
     scores = {method: np.empty((len(rows), len(departments))) for method in methods}
+    one_fold_right = dict.fromkeys(methods, 0)
+
+    def fitted(method, on: np.ndarray):
+        return method("out-of-fold", departments, max_text_chars).fit([texts[i] for i in on], [ys[i] for i in on], seed_texts)
+
     for k in range(CALIBRATION_FOLDS):
-        held = np.flatnonzero(fold == k)
-        fitted = [i for i in range(len(rows)) if fold[i] != k]
+        held, others = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
         for method in methods:
-            clf = method("out-of-fold", departments, max_text_chars).fit([texts[i] for i in fitted], [ys[i] for i in fitted], seed_texts)
-            scores[method][held] = clf.decision_scores([texts[i] for i in held])
-    return OutOfFold(np.array([index[y] for y in ys]), scores)
+            scores[method][held] = fitted(method, others).decision_scores([texts[i] for i in held])
+            one_fold_right[method] += int((fitted(method, held).decision_scores([texts[i] for i in others]).argmax(axis=1) == gold[others]).sum())
+    one_fold_accuracy = {method: right / ((CALIBRATION_FOLDS - 1) * len(rows)) for method, right in one_fold_right.items()}
+    return OutOfFold(gold, scores, one_fold_accuracy)
 
 
 def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Sequence[str], Sequence[str]],
                       all_labels: tuple[Sequence[str], Sequence[str]], seed_texts: Mapping[str, str],
                       evaluate: Callable[[_TfidfClassifier], dict], max_text_chars: int = 20_000,
                       serving_method: str | None = None) -> tuple[_TfidfClassifier, dict]:
-    """Choose the method on every gold label, then refit it on every label.
+    """Choose the method by cross-validation on the training labels, then refit it on every label.
 
     Each method is fitted on the `train` (texts, labels) and scored by `evaluate` on the evaluation split, and scored
-    out of fold on the training labels (``out_of_fold``): the choice counts the rows answered right of both, the
-    split's rows and the training rows (with the reports' per-row ``correct`` flags; without them, the split's
-    accuracy alone). The prototypes serve until the SVM is within NEAR_TIE_ACCURACY of them; a serving SVM gives way
-    back only to prototypes that are ``clearly_better``. With nothing to evaluate on, the serving method stays (the
-    prototypes at first). The chosen method's temperature is fitted on its out-of-fold scores, and its report redone
-    with it, so the split's ECE and auto-routing thresholds are those of the probabilities served.
+    out of fold on the training labels (``out_of_fold``). The choice compares the methods' accuracy with every
+    training label, projected from two points of their learning curves (``OutOfFold.projected_accuracy``); with too
+    few labels for folds, their accuracy on the split. The prototypes serve until the SVM is at least as accurate; a
+    serving SVM gives way back only to prototypes that are ``clearly_better``: ahead by more than NEAR_TIE_ACCURACY,
+    and by more than SWITCH_Z standard errors of the paired difference on the split's and the out-of-fold rows (with
+    the reports' per-row ``correct`` flags). With nothing to evaluate on, the serving method stays (the prototypes at
+    first). The chosen method's temperature is fitted on its out-of-fold scores, and its report redone with it, so
+    the split's ECE and auto-routing thresholds are those of the probabilities served.
     The chosen method is then refitted on `all_labels`, the usual final refit after model selection: the report's
     numbers stay those of a model that never saw the split. Returns (classifier, report)."""
     report: dict = {}
@@ -323,8 +346,8 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
     rows = {method: (report[method.method].pop("correct", None) or []) + (folds.correct(method) if folds else []) for method in METHODS}
 
     def accuracy(method) -> float:
-        if rows[method]:
-            return sum(rows[method]) / len(rows[method])
+        if folds:
+            return folds.projected_accuracy(method)
         value = report[method.method].get("accuracy")
         return -1.0 if value is None else value
 
@@ -333,8 +356,9 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
             return False
         if not rows[challenger]:
             return True
+        lead = (sum(rows[challenger]) - sum(rows[incumbent])) / len(rows[challenger])
         discordant = sum(a != b for a, b in zip(rows[challenger], rows[incumbent]))
-        return accuracy(challenger) - accuracy(incumbent) > SWITCH_Z * math.sqrt(discordant) / len(rows[challenger])
+        return lead > SWITCH_Z * math.sqrt(discordant) / len(rows[challenger])
 
     prototype, svm = METHODS
     if accuracy(svm) < 0:  # nothing to evaluate on: whatever serves, or the cold start's prototypes
@@ -342,9 +366,10 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
     elif serving_method == svm.method:
         chosen = prototype if clearly_better(prototype, svm) else svm
     else:
-        chosen = svm if accuracy(svm) >= accuracy(prototype) - NEAR_TIE_ACCURACY else prototype
+        chosen = svm if accuracy(svm) >= accuracy(prototype) else prototype
     report["chosen"] = chosen.method
-    report["chosen_on"] = {method.method: {"rows": len(rows[method]), "accuracy": round(accuracy(method), 4)} for method in METHODS}
+    report["chosen_on"] = {"cross_validation_rows": len(folds.gold) if folds else 0,
+                           **{method.method: round(accuracy(method), 4) for method in METHODS}}
     temperature = folds.temperature(chosen) if folds else None
     if temperature is not None:
         candidates[chosen].temperature = temperature

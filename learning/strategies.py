@@ -106,8 +106,8 @@ class ClassBalanced:
 
 # When margin sampling starts to pay, after typical picks: 5-seed replays on the dev sets (BENCHMARKS section 9).
 # Switching at 4 labels a unit instead of 8 raised Shanghai k = 20 (57 units, switch at 300 instead of 456) by 1-3
-# points from 400 to 800 labels; 3 a unit (switch at 200) was 1 point lower again. A 200-label floor helped Dalian
-# k = 20 (30 units) but put TipDM (7 units) 3.5 points below random order at 200 labels, hence 300.
+# points from 400 to 800 labels; 3 a unit (switch at 200) was 1 point lower again. A 200-label floor on Dalian k = 20
+# (30 units) was 1.4 points ahead at 300 labels and within 0.7 of the 300 floor from 400 to 800, so 300 stays.
 MATURE_LABELS_PER_DEPARTMENT = 4
 MATURE_MIN_LABELS = 300
 
