@@ -50,9 +50,10 @@ NEAR_TIE_ACCURACY = 0.02
 SWITCH_Z = 1.645  # one-sided 95 %
 # The out-of-fold pass (``out_of_fold``: the choice and the temperature) fits the SVM on (folds - 1) x the rows,
 # against about 2.25 x the training rows for a refit's own two fits (the split's training rows, then every label); the
-# prototypes' fits are a TF-IDF pass and a sparse mean. 3 folds keep a refit under twice its time without the pass
-# at any label count (measured at 4.5k labels / 549 departments: 1.5-1.7x), where 5 took it to 1.8x there and would
-# take it to about 2.8x near 2,000 labels. The row cap (a fixed-seed sample) bounds it.
+# prototypes' fits are a TF-IDF pass and a sparse mean, and each method's fits on one fold (for the learning curve) a
+# third of the rows. With 3 folds a refit at 4.5k labels / 549 departments takes 1.8x its time without the pass (the
+# temperature alone took 1.5-1.7x; 5 folds for it alone took 1.8x and would take about 2.8x near 2,000 labels). The
+# row cap (a fixed-seed sample) bounds it.
 CALIBRATION_FOLDS = 3
 CALIBRATION_MAX_ROWS = 2000
 CALIBRATION_MIN_ROWS = 50  # below this, a few rows a fold say little about a temperature: the method's constant serves
