@@ -254,7 +254,8 @@ def _stratified_folds(labels: Sequence[str], folds: int, rng: np.random.Generato
 @dataclass(frozen=True)
 class OutOfFold:
     """Every method's scores on sampled training rows, each row scored by the method fitted on the other folds, and
-    its accuracy fitted on one fold and scored on the others (half as many labels): two points of its learning curve."""
+    its accuracy fitted on one fold and scored on the others (a third of the rows against two thirds, with 3 folds):
+    two points of its learning curve."""
     gold: np.ndarray  # the column of each row's department
     scores: dict[type, np.ndarray]  # method -> rows x departments
     one_fold_accuracy: dict[type, float]
@@ -383,9 +384,9 @@ def fit_instant_model(version: str, departments: Sequence[str], train: tuple[Seq
 def fit_on_labels(version: str, departments: Sequence[str], labels: Sequence[StoredLabel], seed_texts: Mapping[str, str],
                   max_text_chars: int = 20_000, serving_method: str | None = None,
                   routing: AutoRouting | None = None, max_train_labels: int | None = None) -> tuple[_TfidfClassifier, dict]:
-    """The instant model as the service fits it from its label store: the method is chosen on the labels (the
-    frozen evaluation split, and the training labels out of fold; the `serving_method` kept on near-ties), then
-    refitted on every label of the departments served. Returns (classifier, metrics).
+    """The instant model as the service fits it from its label store: the method is chosen by cross-validation on
+    the training labels (on the frozen evaluation split while they are too few for folds; the `serving_method` kept
+    on near-ties), then refitted on every label of the departments served. Returns (classifier, metrics).
 
     With `routing`, the metrics carry auto-routing thresholds proven on the split for the fit that never saw it;
     the version served also learnt the split's rows, so for instant versions the audits are what check the promise.

@@ -115,8 +115,8 @@ def test_on_a_small_split_a_lead_of_two_rows_does_not_replace_the_serving_method
 
 
 def test_the_training_labels_out_of_fold_outvote_a_small_split():
-    """Early on the frozen split holds a few dozen rows, drawn from the labels the queue order picked: the method is
-    chosen on every gold label, the training labels scored out of fold beside the split. With 120 labels over 44
+    """Early on the frozen split holds a few dozen rows, drawn from the labels the queue order picked: once the
+    training labels are enough for folds, cross-validation on them chooses the method. With 120 labels over 44
     departments the catalog's prototypes answer about three quarters of them right out of fold and the SVM under a
     fifth, so a split on which the SVM leads by ten rows of 41 does not keep it serving."""
     def split(n: int = 41) -> dict:
