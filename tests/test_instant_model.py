@@ -209,9 +209,8 @@ def test_once_labels_tell_departments_apart_the_svm_is_the_reference_and_the_cat
     """Issue 10: the catalog texts beside gold labels cost accuracy (Dalian's department names, Shanghai's units
     without labels); the SVM learns from the catalog only until two departments have labels, then from gold tickets
     alone, exactly as TF-IDF + LinearSVC does."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.svm import LinearSVC
-
-    from learning.instant_model import tfidf_vectorizer
 
     rows = [r for r in SAMPLES if r["department"] in CATALOG.names[:3]]
     texts, labels = [r["text"] for r in rows], [r["department"] for r in rows]
@@ -220,13 +219,22 @@ def test_once_labels_tell_departments_apart_the_svm_is_the_reference_and_the_cat
     other_catalog = LinearSvmClassifier("v", CATALOG.names).fit(texts, labels, renamed)
     scores = with_catalog.decision_scores(texts)
     assert np.array_equal(scores, other_catalog.decision_scores(texts))
-    vectorizer = tfidf_vectorizer(len(texts))
+    # The reference's features at every size (n-grams in at least two tickets), even with fewer than 200 tickets.
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
     reference = LinearSVC(C=1.0, random_state=0).fit(vectorizer.fit_transform(texts), labels)
-    assert [CATALOG.names[i] for i in scores.argmax(axis=1)] == list(reference.predict(vectorizer.transform(texts)))
+    columns = [CATALOG.names.index(c) for c in reference.classes_]
+    assert len(texts) < 200
+    assert np.allclose(scores[:, columns], reference.decision_function(vectorizer.transform(texts)))
     assert np.isneginf(scores[:, 3:]).all()  # a department without a label is not suggested by the SVM
     unlabelled = CATALOG.names[5]  # before any label, the catalog routes
     cold = LinearSvmClassifier("v", CATALOG.names).fit([], [], CATALOG.seed_texts())
     assert summarize(cold.predict_proba([CATALOG.seed_texts()[unlabelled]]), CATALOG.names)[0].department == unlabelled
+
+
+def test_a_few_tickets_that_share_no_ngram_still_fit_an_svm():
+    """min_df=2 would prune every n-gram of two unrelated tickets; the SVM keeps those seen once instead of failing."""
+    clf = LinearSvmClassifier("v", CATALOG.names).fit(["路灯", "噪音"], CATALOG.names[:2], CATALOG.seed_texts())
+    assert summarize(clf.predict_proba(["路灯"]), CATALOG.names)[0].department == CATALOG.names[0]
 
 
 def test_two_labelled_departments_of_many_answer_every_ticket():
