@@ -34,8 +34,9 @@ from core.routing import AutoRouting
 from core.store import StoredLabel
 
 # Below this many documents a char n-gram seen once is still worth keeping for the catalog's texts and the prototypes
-# (a department's duties are one document). The SVM on gold labels keeps the reference's min_df=2 at every size: with
-# n-grams seen once it answered 6-9 points fewer held-out TipDM tickets at 100-200 random labels (BENCHMARKS section 9).
+# (a department's duties are one document). The SVM on gold labels keeps the reference's min_df=2 at every size, so it
+# is the reference whatever the labels: with n-grams seen once the replays at 100 labels were 2.8-4.8 points lower on
+# TipDM's long letters (0.8-2.0 higher on Shanghai k = 20's short ones; BENCHMARKS section 9, fourth pass).
 MIN_DF_FROM_DOCS = 200
 # The SVM's weights are departments x features, dense: the cap bounds a refit's memory whatever the texts (long
 # random ones, 10^6 labels). The dev sets have 117k-194k character n-grams, so it does not bind on them.
