@@ -16,14 +16,17 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
   (``learning.strategies.DEFAULT``: TypiClust's typical picks, the first batch included, until the model is mature,
   then margin sampling) and random order,
   pool = the training rows of the first fold, scored on its held-out rows, one replay per seed up to the largest
-  budget that fits the pool. Accuracy at each budget (mean and std over seeds); the saving at 800 labels is
-  ``tools.simulation.compare_to_random`` on the curves cut at 800: labels from which the default's mean curve stays
-  at random's mean accuracy at 800, against the labels random itself needs by the same rule.
+  budget that fits the pool. The model is refitted and scored every --step labels and the queue ordered every
+  --reorder, as the service refits on every label but orders the queue only when it pre-annotates. Accuracy at each
+  budget (mean and std over seeds); the saving at 800 labels is ``tools.simulation.compare_to_random`` on the
+  curves cut at 800: labels from which the default's mean curve stays at random's mean accuracy at 800, against the
+  labels random itself needs by the same rule.
 * noise: ``bench.noise.measure``: 5 % and 10 % of the labels flipped to another unit, precision@K of the quality
   report's default ranking against the out-of-fold LinearSVC margin reference.
 
 A cell too dear for the machine can be left out with --skip ROW:CELL; the table then says "not run (reason)".
-The JSON is rewritten after every cell, so an interrupted run keeps what it measured; --from-json re-renders it.
+The JSON is rewritten after every cell, so an interrupted run keeps what it measured; --from-json re-renders it,
+and joins the parts of one replay run split by seed (to keep both cores busy) into one strategy cell.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -43,7 +47,7 @@ from bench.instant_model import baseline, load
 from core.evaluation import classification_report
 from learning.strategies import DEFAULT
 from tools.quality import DEFAULT_RANKING
-from tools.simulation import Schedule, Tickets, compare_to_random, mean_curves, simulate
+from tools.simulation import CurvePoint, Schedule, Tickets, compare_to_random, mean_curves, simulate
 
 DATA = Path("../shared/data")
 DEFAULT_DATA = [DATA / "shanghai_xinfang/dev.jsonl", DATA / "dalian_gov/dev.jsonl", DATA / "tipdm2020c/dev.jsonl"]
@@ -51,7 +55,7 @@ DEFAULT_STRATEGY = DEFAULT  # the service's queue order (backend.annotator_view)
 REFERENCE_STRATEGY = "random"
 SAVING_AT = 800
 CELLS = ("cv", "strategy", "noise")
-QUICK = {"folds": 2, "seeds": [0], "budgets": [20, 40, 60], "initial": 20, "step": 20, "rates": [0.1]}
+QUICK = {"folds": 2, "seeds": [0], "budgets": [20, 40, 60], "initial": 20, "step": 20, "reorder": 20, "rates": [0.1]}
 
 
 # -- the measurements -------------------------------------------------------------------------------------------
@@ -92,31 +96,42 @@ def cross_validation(texts: list[str], labels: list[str], folds: int) -> dict:
 
 
 def strategy_replay(texts: list[str], labels: list[str], folds: int, seeds: list[int], budgets: list[int], initial: int,
-                    step: int) -> dict:
+                    step: int, reorder: int) -> dict:
     train, test = folds_of(labels, folds)[0]
     pool = Tickets([texts[i] for i in train], [labels[i] for i in train])
     evaluation = Tickets([texts[i] for i in test], [labels[i] for i in test])
     fitting = [b for b in budgets if b <= len(pool)]
     if not fitting:
         return not_run(f"pool of {len(pool)} rows < every budget")
-    schedule = Schedule(initial, step, max(fitting))
+    schedule = Schedule(initial, step, max(fitting), reorder)
     points = simulate(pool, evaluation, sorted(set(labels)), [REFERENCE_STRATEGY, DEFAULT_STRATEGY], seeds, schedule)
+    return with_savings({"status": "ok", "pool": len(pool), "eval": len(evaluation), "seeds": seeds,
+                          "schedule": schedule.checkpoints(), "default": DEFAULT_STRATEGY, "reference": REFERENCE_STRATEGY,
+                          "points": [asdict(p) for p in points]}, budgets)
+
+
+def with_savings(cell: dict, budgets: list[int]) -> dict:
+    """The replay's points with the default against random order at each budget (mean curves over the seeds)."""
+    points = [CurvePoint(**p) for p in cell["points"]]
     at_budget = {}
     for budget in budgets:
-        if budget > len(pool):
-            at_budget[str(budget)] = not_run(f"pool of {len(pool)} rows < {budget}")
+        if budget > cell["pool"]:
+            at_budget[str(budget)] = not_run(f"pool of {cell['pool']} rows < {budget}")
             continue
-        curves = mean_curves([p for p in points if p.labels <= budget])
-        comparison = compare_to_random(curves)
+        comparison = compare_to_random(mean_curves([p for p in points if p.labels <= budget]))
         at_budget[str(budget)] = {"status": "ok", **{name: {"accuracy": [row["final_accuracy"], row["final_accuracy_std"]],
                                                             "macro_f1": [row["final_macro_f1"], row["final_macro_f1_std"]],
                                                             "labels_to_reach_random": row["labels_to_reach_random_final_accuracy"],
                                                             "saving_percent": row["label_saving_percent"]}
                                                      for name, row in comparison.items()}}
-    return {"status": "ok", "pool": len(pool), "eval": len(evaluation), "seeds": seeds, "schedule": schedule.checkpoints(),
-            "default": DEFAULT_STRATEGY, "reference": REFERENCE_STRATEGY, "budgets": at_budget,
-            "points": [{"strategy": p.strategy, "seed": p.seed, "labels": p.labels, "accuracy": p.accuracy, "macro_f1": p.macro_f1,
-                        "seconds": p.seconds} for p in points]}
+    return {**{k: v for k, v in cell.items() if k != "points"}, "budgets": at_budget, "points": cell["points"]}
+
+
+def same_replay_other_seeds(kept: dict | None, new: dict) -> bool:
+    """Whether two strategy cells are one replay run in parts, split by seed (to share the cores of a machine)."""
+    same = ("pool", "eval", "schedule", "default", "reference")
+    return (kept is not None and kept.get("status") == new.get("status") == "ok" and all(kept[k] == new[k] for k in same)
+            and not set(kept["seeds"]) & set(new["seeds"]))
 
 
 def noise_ranking(rows: list[dict], name: str, rates: list[float], seeds: list[int]) -> dict:
@@ -234,13 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budgets", type=int, nargs="+", default=[400, 800, 1600], help="label budgets of the replay (default: %(default)s)")
     parser.add_argument("--initial", type=int, default=100, help="labels every replay starts from: a seeded random batch, the default's first "
                         "typical picks (default: %(default)s)")
-    parser.add_argument("--step", type=int, default=100, help="labels the strategy picks between refits; every budget must be a "
+    parser.add_argument("--step", type=int, default=50, help="labels between two scored refits; every budget must be a "
                         "checkpoint, initial + a multiple of step (default: %(default)s)")
+    parser.add_argument("--reorder", type=int, default=100, help="labels between two orderings of the queue by the strategy, as "
+                        "between two pre-annotations in the service (default: %(default)s)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.10], help="label-noise rates (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK} (for tests and tiny files)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/learning.json"), help="JSON written after every cell (default: %(default)s)")
     parser.add_argument("--from-json", type=Path, nargs="+", metavar="PATH",
-                        help="measure nothing: merge the rows of these earlier --out files (later files win per cell), print the table, write --out")
+                        help="measure nothing: merge the rows of these earlier --out files (later files win per cell; the same replay's "
+                             "other seeds are joined), print the table, write --out")
     return parser
 
 
@@ -258,6 +276,12 @@ def merge(paths: list[Path]) -> dict:
         merged = {**merged, **{k: v for k, v in result.items() if k not in per_run}, "config": config, "sources": sources}
         for row in result["rows"]:
             kept = rows.setdefault(row["id"], {})
+            if row.get("strategy") and same_replay_other_seeds(kept.get("strategy"), row["strategy"]):
+                parts = (kept["strategy"], row["strategy"])
+                row = {**row, "strategy": with_savings({**row["strategy"], "seeds": sorted(s for part in parts for s in part["seeds"]),
+                                                         "seconds": round(sum(part.get("seconds", 0) for part in parts), 1),
+                                                        "points": [p for part in parts for p in part["points"]]},
+                                                       [int(b) for b in {**parts[0]["budgets"], **parts[1]["budgets"]}])}
             kept.update({k: v for k, v in row.items() if v is not None and (k not in CELLS or v.get("status") == "ok" or k not in kept)})
     merged["rows"] = list(rows.values())
     return merged
@@ -280,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     skips = {tuple(s.split(":", 1)) for s in args.skip}
     specs = [s for s in row_specs(args.data, args.min_per_label) if not args.rows or s[0] in args.rows]
     started = time.perf_counter()
-    config = {k: getattr(args, k) for k in ("folds", "seeds", "budgets", "initial", "step", "rates", "min_per_label", "quick")}
+    config = {k: getattr(args, k) for k in ("folds", "seeds", "budgets", "initial", "step", "reorder", "rates", "min_per_label", "quick")}
     result = {"command": "python -m bench.learning " + " ".join(argv if argv is not None else sys.argv[1:]),
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
               "config": {**config, "data": [str(p) for p in args.data], "default_strategy": DEFAULT_STRATEGY,
@@ -303,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "cv":
                 row[name] = cross_validation(texts, labels, args.folds)
             elif name == "strategy":
-                row[name] = strategy_replay(texts, labels, args.folds, args.seeds, args.budgets, args.initial, args.step)
+                row[name] = strategy_replay(texts, labels, args.folds, args.seeds, args.budgets, args.initial, args.step, args.reorder)
             else:
                 row[name] = noise_ranking(rows, row_id, args.rates, args.seeds)
             row[name]["seconds"] = round(time.perf_counter() - cell_started, 1)

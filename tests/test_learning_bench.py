@@ -90,3 +90,26 @@ def test_the_noise_reference_ranks_a_label_whose_unit_its_fold_never_trained_on(
     suspect["label"] = "气象局"  # sorts among the known units, so a lookup by position would find one of them
     assert sorted([*KEYWORDS, "气象局"]).index("气象局") not in (0, len(KEYWORDS))
     assert suspect["id"] in reference_ranking(rows, seed=0)[:3]
+
+
+def test_a_replay_run_in_parts_by_seed_merges_into_the_replay_of_all_seeds(tmp_path):
+    """Two machines' cores are shared by running a row's seeds as separate processes; --from-json joins them into the
+    cell one process with every seed writes: the same points, the same means and savings at each budget."""
+    data = tmp_path / "tiny" / "dev.jsonl"
+    data.parent.mkdir()
+    write_fixture(data)
+    common = ["--data", str(data), "--rows", "tiny-k20", "--cells", "strategy", "--folds", "2", "--budgets", "40", "60",
+              "--initial", "20", "--step", "20", "--reorder", "40"]
+    for name, seeds in (("whole", ["0", "1"]), ("part0", ["0"]), ("part1", ["1"])):
+        assert main([*common, "--seeds", *seeds, "--out", str(tmp_path / f"{name}.json")]) == 0
+    assert main(["--from-json", str(tmp_path / "part1.json"), str(tmp_path / "part0.json"), "--out", str(tmp_path / "merged.json")]) == 0
+
+    whole, merged = (json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))["rows"][0]["strategy"]
+                     for name in ("whole", "merged"))
+    assert merged["seeds"] == [0, 1]
+    assert merged["budgets"] == whole["budgets"]
+    assert points_of(merged) == points_of(whole)
+
+
+def points_of(cell: dict) -> list[tuple]:
+    return sorted((p["strategy"], p["seed"], p["labels"], p["accuracy"]) for p in cell["points"])

@@ -215,3 +215,34 @@ def test_the_default_strategy_is_the_services_and_picks_typical_tickets_while_th
     rest = np.setdiff1d(np.arange(len(pool)), first)
     order = typical.first(Pool([pool.texts[i] for i in rest], [pool.texts[i] for i in first]), len(KEYWORDS), rng)
     assert learnt[1] == [pool.texts[i] for i in rest[order[:STEP]]]
+
+
+def test_scoring_between_two_orderings_takes_the_next_tickets_of_the_last_order():
+    """With --reorder the queue is ordered only every so many labels, as the service orders it at pre-annotation while
+    it refits on every label: the tickets labelled, and so the curve at the common checkpoints, are those of a replay
+    that refits only when it re-orders, even for a strategy that asks the model (margin)."""
+    from tools.simulation import InstantModel, Schedule, Tickets, replay
+
+    pool, evaluation = (Tickets([r["text"] for r in rows], [r["label"] for r in rows])
+                        for rows in (tickets(40, seed=1), tickets(20, seed=2)))
+
+    class Recording(InstantModel):
+        learnt: list[str]
+
+        def learn(self, texts, labels):
+            self.learnt.extend(texts)
+            return super().learn(texts, labels)
+
+    runs = {}
+    for schedule in (Schedule(INITIAL, STEP, BUDGET), Schedule(INITIAL, STEP // 2, BUDGET, reorder=STEP)):
+        model = Recording(sorted(KEYWORDS))
+        model.learnt = []
+        try:
+            points = replay("margin", 0, pool, evaluation, model, schedule, len(KEYWORDS))
+        finally:
+            model.close()
+        runs[schedule.step] = model.learnt, {p.labels: p.accuracy for p in points}
+    (every_order, coarse), (between_orders, fine) = runs[STEP], runs[STEP // 2]
+    assert between_orders == every_order
+    assert sorted(fine) == [20, 35, 50, 65, 80, 90]
+    assert {labels: fine[labels] for labels in CHECKPOINTS} == coarse

@@ -212,10 +212,17 @@ class Schedule:
     initial: int
     step: int
     budget: int
+    # Labels between two computations of the queue order; None: at every refit. The service refits on every label
+    # but orders the queue only at pre-annotation, so scoring more often than re-ordering is what it does.
+    reorder: int | None = None
 
     def checkpoints(self) -> list[int]:
         """Label counts at which the model is refitted and scored: after the initial batch, every step, the budget."""
         return [*range(self.initial, self.budget, self.step), self.budget]
+
+    def reorders_at(self, labelled: int, ordered_at: int | None) -> bool:
+        """Whether the queue is ordered again once `labelled` tickets have gold labels (last ordered at `ordered_at`)."""
+        return ordered_at is None or labelled - ordered_at >= (self.reorder or self.step)
 
 
 @dataclass(frozen=True)
@@ -252,12 +259,14 @@ def replay(strategy_name: str, seed: int, pool: Tickets, evaluation: Tickets, mo
         new = initial_batch(len(pool), schedule.initial, seed)
     labelled, unlabelled = new, np.setdiff1d(np.arange(len(pool)), new)
     points: list[CurvePoint] = []
-    clf = None
+    clf, queue, ordered_at = None, None, None
     for count in schedule.checkpoints():
         if points:
-            texts = [pool.texts[i] for i in unlabelled]
-            candidates = Pool(texts, [pool.texts[i] for i in labelled])
-            new = unlabelled[chooser.rank(clf.predict_proba(texts).probs, rng, len(labelled), candidates)[: count - len(labelled)]]
+            if schedule.reorders_at(len(labelled), ordered_at):
+                texts = [pool.texts[i] for i in unlabelled]
+                candidates = Pool(texts, [pool.texts[i] for i in labelled])
+                queue, ordered_at = unlabelled[chooser.rank(clf.predict_proba(texts).probs, rng, len(labelled), candidates)], len(labelled)
+            new, queue = queue[: count - len(labelled)], queue[count - len(labelled):]
             labelled, unlabelled = np.concatenate([labelled, new]), np.setdiff1d(unlabelled, new)
         started = time.perf_counter()
         clf = model.learn([pool.texts[i] for i in new], [pool.labels[i] for i in new])
@@ -424,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--initial", type=int, default=20, metavar="N",
                         help="labels every strategy starts from: a seeded random batch, or the default's first typical "
                              "picks (default: %(default)s)")
-    parser.add_argument("--step", type=int, default=50, metavar="N", help="tickets the strategy picks between refits (default: %(default)s)")
+    parser.add_argument("--step", type=int, default=50, metavar="N", help="labels between refits, each scored (default: %(default)s)")
+    parser.add_argument("--reorder", type=int, metavar="N",
+                        help="labels between two orderings of the queue by the strategy; annotators take the order's "
+                             "next tickets in between, as they do between two pre-annotations in the service (default: --step)")
     parser.add_argument("--budget", type=int, metavar="N", help="stop at this many labels (default: the whole pool)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
                         help="seeds for the initial batch and random order; one curve each, averaged in the plot (default: 0)")
@@ -436,11 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checked_schedule(args: argparse.Namespace, pool_size: int) -> Schedule:
     budget = pool_size if args.budget is None else args.budget
-    if args.initial < 1 or args.step < 1:
-        raise SimulationInputError("--initial and --step must be at least 1")
+    if args.initial < 1 or args.step < 1 or (args.reorder is not None and args.reorder < 1):
+        raise SimulationInputError("--initial, --step and --reorder must be at least 1")
     if not args.initial <= budget <= pool_size:
         raise SimulationInputError(f"need --initial ({args.initial}) <= --budget ({budget}) <= the {pool_size} tickets of the pool")
-    return Schedule(args.initial, args.step, budget)
+    return Schedule(args.initial, args.step, budget, args.reorder)
 
 
 def run(args: argparse.Namespace) -> int:
