@@ -106,8 +106,8 @@ def strategy_replay(texts: list[str], labels: list[str], folds: int, seeds: list
     schedule = Schedule(initial, step, max(fitting), reorder)
     points = simulate(pool, evaluation, sorted(set(labels)), [REFERENCE_STRATEGY, DEFAULT_STRATEGY], seeds, schedule)
     return with_savings({"status": "ok", "pool": len(pool), "eval": len(evaluation), "seeds": seeds,
-                          "schedule": schedule.checkpoints(), "default": DEFAULT_STRATEGY, "reference": REFERENCE_STRATEGY,
-                          "points": [asdict(p) for p in points]}, budgets)
+                         "schedule": schedule.checkpoints(), "reorder": schedule.reorder, "default": DEFAULT_STRATEGY,
+                         "reference": REFERENCE_STRATEGY, "points": [asdict(p) for p in points]}, budgets)
 
 
 def with_savings(cell: dict, budgets: list[int]) -> dict:
@@ -129,9 +129,18 @@ def with_savings(cell: dict, budgets: list[int]) -> dict:
 
 def same_replay_other_seeds(kept: dict | None, new: dict) -> bool:
     """Whether two strategy cells are one replay run in parts, split by seed (to share the cores of a machine)."""
-    same = ("pool", "eval", "schedule", "default", "reference")
-    return (kept is not None and kept.get("status") == new.get("status") == "ok" and all(kept[k] == new[k] for k in same)
+    same = ("pool", "eval", "schedule", "reorder", "default", "reference")
+    return (kept is not None and kept.get("status") == new.get("status") == "ok" and all(kept.get(k) == new.get(k) for k in same)
             and not set(kept["seeds"]) & set(new["seeds"]))
+
+
+def join_seeds(kept: dict, new: dict) -> dict:
+    """One strategy cell from two parts of the same replay, as if one process had run all their seeds."""
+    parts = (kept, new)
+    return with_savings({**new, "seeds": sorted(seed for part in parts for seed in part["seeds"]),
+                         "seconds": round(sum(part.get("seconds", 0) for part in parts), 1),
+                         "points": [point for part in parts for point in part["points"]]},
+                        [int(budget) for budget in {**kept["budgets"], **new["budgets"]}])
 
 
 def noise_ranking(rows: list[dict], name: str, rates: list[float], seeds: list[int]) -> dict:
@@ -277,11 +286,7 @@ def merge(paths: list[Path]) -> dict:
         for row in result["rows"]:
             kept = rows.setdefault(row["id"], {})
             if row.get("strategy") and same_replay_other_seeds(kept.get("strategy"), row["strategy"]):
-                parts = (kept["strategy"], row["strategy"])
-                row = {**row, "strategy": with_savings({**row["strategy"], "seeds": sorted(s for part in parts for s in part["seeds"]),
-                                                         "seconds": round(sum(part.get("seconds", 0) for part in parts), 1),
-                                                        "points": [p for part in parts for p in part["points"]]},
-                                                       [int(b) for b in {**parts[0]["budgets"], **parts[1]["budgets"]}])}
+                row = {**row, "strategy": join_seeds(kept["strategy"], row["strategy"])}
             kept.update({k: v for k, v in row.items() if v is not None and (k not in CELLS or v.get("status") == "ok" or k not in kept)})
     merged["rows"] = list(rows.values())
     return merged

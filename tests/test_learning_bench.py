@@ -102,6 +102,7 @@ def test_a_replay_run_in_parts_by_seed_merges_into_the_replay_of_all_seeds(tmp_p
               "--initial", "20", "--step", "20", "--reorder", "40"]
     for name, seeds in (("whole", ["0", "1"]), ("part0", ["0"]), ("part1", ["1"])):
         assert main([*common, "--seeds", *seeds, "--out", str(tmp_path / f"{name}.json")]) == 0
+    assert main([*common, "--reorder", "20", "--seeds", "1", "--out", str(tmp_path / "other.json")]) == 0
     assert main(["--from-json", str(tmp_path / "part1.json"), str(tmp_path / "part0.json"), "--out", str(tmp_path / "merged.json")]) == 0
 
     whole, merged = (json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))["rows"][0]["strategy"]
@@ -109,6 +110,10 @@ def test_a_replay_run_in_parts_by_seed_merges_into_the_replay_of_all_seeds(tmp_p
     assert merged["seeds"] == [0, 1]
     assert merged["budgets"] == whole["budgets"]
     assert points_of(merged) == points_of(whole)
+
+    # another replay (ordered every 20 labels) is not joined to it: the later file wins, as for any other cell
+    assert main(["--from-json", str(tmp_path / "part0.json"), str(tmp_path / "other.json"), "--out", str(tmp_path / "mixed.json")]) == 0
+    assert json.loads((tmp_path / "mixed.json").read_text(encoding="utf-8"))["rows"][0]["strategy"]["seeds"] == [1]
 
 
 def points_of(cell: dict) -> list[tuple]:
