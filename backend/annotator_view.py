@@ -31,7 +31,7 @@ from core.classifier import TicketPrediction
 from core.label_studio import LabelStudioClient, LabelStudioRejected, LabelStudioUnavailable
 from core.labeling import LabelSpace
 from core.routing import AUDIT, REVIEW
-from learning.strategies import Pool, TypicalThenMargin, mature
+from learning.strategies import DEFAULT, Pool, mature, strategy
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,13 @@ class AnnotatorView:
         self._tab_lock = threading.Lock()  # /setup and a pre-annotation may both look for a tab at once
 
     def young_places(self, task_ids: Sequence[int], texts: Sequence[str], labelled: Sequence[str], departments: int) -> dict[int, float]:
-        """The waiting tasks' places in [0, 1) in TypiClust's order (``learning.strategies.TypicalThenMargin.first``), for a
+        """The waiting tasks' places in [0, 1) in the default strategy's young order (``first``: TypiClust's), for a
         project whose gold labels have the texts `labelled`; nothing once the model is mature or another order
         was plugged in."""
         if self.priority is not None or mature(len(labelled), departments) or not task_ids:
             return {}
         ids, texts = zip(*sorted(zip(task_ids, texts)))  # in id order: the same tasks give the same order, however listed
-        order = TypicalThenMargin().first(Pool(texts, labelled), departments)
+        order = strategy(DEFAULT).first(Pool(texts, labelled), departments)
         return {ids[i]: place / len(order) for place, i in enumerate(order)}
 
     def queue_priority(self, prediction: TicketPrediction, task_id: int, labelled: int, departments: int,

@@ -14,7 +14,7 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
   fitted instant model gives the ECE before (its method's constant temperature) and after (the fitted one).
 * strategy: an active-learning replay (``tools.simulation.simulate``) of the service's default queue order
   (``learning.strategies.DEFAULT``: TypiClust's typical picks, the first batch included, until the model is mature,
-  then margin sampling) and random order,
+  then margin sampling; --strategy replays another) and random order,
   pool = the training rows of the first fold, scored on its held-out rows, one replay per seed up to the largest
   budget that fits the pool. The model is refitted and scored every --step labels and the queue ordered every
   --reorder, as the service refits on every label but orders the queue only when it pre-annotates. Accuracy at each
@@ -45,7 +45,7 @@ from bench import noise
 from bench.calibration import score_split
 from bench.instant_model import baseline, load
 from core.evaluation import classification_report
-from learning.strategies import DEFAULT
+from learning.strategies import DEFAULT, STRATEGIES
 from tools.quality import DEFAULT_RANKING
 from tools.simulation import CurvePoint, Schedule, Tickets, compare_to_random, mean_curves, simulate
 
@@ -96,7 +96,7 @@ def cross_validation(texts: list[str], labels: list[str], folds: int) -> dict:
 
 
 def strategy_replay(texts: list[str], labels: list[str], folds: int, seeds: list[int], budgets: list[int], initial: int,
-                    step: int, reorder: int) -> dict:
+                    step: int, reorder: int, strategy: str = DEFAULT_STRATEGY) -> dict:
     train, test = folds_of(labels, folds)[0]
     pool = Tickets([texts[i] for i in train], [labels[i] for i in train])
     evaluation = Tickets([texts[i] for i in test], [labels[i] for i in test])
@@ -104,9 +104,9 @@ def strategy_replay(texts: list[str], labels: list[str], folds: int, seeds: list
     if not fitting:
         return not_run(f"pool of {len(pool)} rows < every budget")
     schedule = Schedule(initial, step, max(fitting), reorder)
-    points = simulate(pool, evaluation, sorted(set(labels)), [REFERENCE_STRATEGY, DEFAULT_STRATEGY], seeds, schedule)
+    points = simulate(pool, evaluation, sorted(set(labels)), [REFERENCE_STRATEGY, strategy], seeds, schedule)
     return with_savings({"status": "ok", "pool": len(pool), "eval": len(evaluation), "seeds": seeds,
-                         "schedule": schedule.checkpoints(), "reorder": schedule.reorder, "default": DEFAULT_STRATEGY,
+                         "schedule": schedule.checkpoints(), "reorder": schedule.reorder, "default": strategy,
                          "reference": REFERENCE_STRATEGY, "points": [asdict(p) for p in points]}, budgets)
 
 
@@ -222,8 +222,9 @@ def noise_cell(part: dict, rate: str) -> str:
 def table(result: dict) -> str:
     budgets = [str(b) for b in result["config"]["budgets"]]
     rates = [str(r) for r in result["config"]["rates"]]
+    measured = "default" if result["config"].get("default_strategy", DEFAULT_STRATEGY) == DEFAULT_STRATEGY else result["config"]["default_strategy"]
     header = (["row", "rows, units", "instant acc", "reference acc", "instant macro-F1", "reference macro-F1"]
-              + [f"default vs random acc @ {b}" for b in budgets] + [f"labels saved @ {SAVING_AT}"]
+              + [f"{measured} vs random acc @ {b}" for b in budgets] + [f"labels saved @ {SAVING_AT}"]
               + [f"noise P@K {float(r):.0%}: ours vs reference" for r in rates] + ["ECE before → after"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     REASONS.clear()
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint, initial + a multiple of step (default: %(default)s)")
     parser.add_argument("--reorder", type=int, default=100, help="labels between two orderings of the queue by the strategy, as "
                         "between two pre-annotations in the service (default: %(default)s)")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES, metavar="NAME",
+                        help="the query strategy the strategy cell replays against random order, from: "
+                             f"{', '.join(STRATEGIES)} (default: the service's, %(default)s)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.10], help="label-noise rates (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK} (for tests and tiny files)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/learning.json"), help="JSON written after every cell (default: %(default)s)")
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: getattr(args, k) for k in ("folds", "seeds", "budgets", "initial", "step", "reorder", "rates", "min_per_label", "quick")}
     result = {"command": "python -m bench.learning " + " ".join(argv if argv is not None else sys.argv[1:]),
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-              "config": {**config, "data": [str(p) for p in args.data], "default_strategy": DEFAULT_STRATEGY,
+              "config": {**config, "data": [str(p) for p in args.data], "default_strategy": args.strategy,
                          "reference_strategy": REFERENCE_STRATEGY, "noise_ranking": DEFAULT_RANKING}, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for row_id, path, k in specs:
@@ -332,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "cv":
                 row[name] = cross_validation(texts, labels, args.folds)
             elif name == "strategy":
-                row[name] = strategy_replay(texts, labels, args.folds, args.seeds, args.budgets, args.initial, args.step, args.reorder)
+                row[name] = strategy_replay(texts, labels, args.folds, args.seeds, args.budgets, args.initial, args.step, args.reorder,
+                                           args.strategy)
             else:
                 row[name] = noise_ranking(rows, row_id, args.rates, args.seeds)
             row[name]["seconds"] = round(time.perf_counter() - cell_started, 1)

@@ -5,7 +5,7 @@ from backend.annotator_view import PRIORITY_FIELD, SUGGESTED_FIELD, AnnotatorVie
 from core.classifier import TicketPrediction
 from core.labeling import parse_label_config
 from core.people import AnnotatorDirectory
-from learning.strategies import MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS, Pool, TypicalThenMargin
+from learning.strategies import DEFAULT, MATURE_LABELS_PER_DEPARTMENT, MATURE_MIN_LABELS, Pool, strategy
 from tests.helpers import LABEL_CONFIG
 
 SPACE = parse_label_config(LABEL_CONFIG)
@@ -26,9 +26,9 @@ def test_the_task_gets_its_suggestion_row_and_its_place_in_the_queue():
     assert by_score.queue_priority(PREDICTION, 7, 0, len(SPACE.departments)) == 0.55
 
 
-def test_a_young_model_orders_the_queue_by_typical_tickets_of_uncovered_regions_then_by_margin():
-    """Until the project has enough labels for its model's doubts to mean something, the queue is TypiClust's order
-    over the waiting tickets, the same on every pre-annotation, whatever the model predicts; a ticket that arrives
+def test_a_young_model_orders_the_queue_by_the_default_young_order_then_by_margin():
+    """Until the project has enough labels for its model's doubts to mean something, the queue is the default
+    strategy's young order over the waiting tickets, the same on every pre-annotation, whatever the model predicts; a ticket that arrives
     later waits behind them. Then the most hesitant tickets come first."""
     view, departments = AnnotatorView(lambda: None), len(SPACE.departments)
     lights = [f"小区路灯坏了第{i}盏不亮" for i in range(10)]
@@ -37,7 +37,7 @@ def test_a_young_model_orders_the_queue_by_typical_tickets_of_uncovered_regions_
     places = view.young_places(ids, lights + noise, labelled=lights[:3], departments=departments)
     assert places == view.young_places(ids, lights + noise, labelled=lights[:3], departments=departments)
     assert sorted(places.values()) == [i / 16 for i in range(16)]
-    order = TypicalThenMargin().first(Pool(lights + noise, lights[:3]), departments)  # the replay's order (test_strategies.py)
+    order = strategy(DEFAULT).first(Pool(lights + noise, lights[:3]), departments)  # the replay's order (test_strategies.py)
     assert [ids[i] for i in order] == sorted(places, key=places.get)
     young = [view.queue_priority(PREDICTION, task_id, 3, departments, places) for task_id in ids]
     assert young == [round(places[i], 6) for i in ids]

@@ -118,3 +118,19 @@ def test_a_replay_run_in_parts_by_seed_merges_into_the_replay_of_all_seeds(tmp_p
 
 def points_of(cell: dict) -> list[tuple]:
     return sorted((p["strategy"], p["seed"], p["labels"], p["accuracy"]) for p in cell["points"])
+
+
+def test_another_strategy_is_measured_against_random_order_and_named_in_the_table(tmp_path, capsys):
+    data = tmp_path / "tiny" / "dev.jsonl"
+    data.parent.mkdir()
+    write_fixture(data)
+    out = tmp_path / "cover.json"
+
+    assert main(["--quick", "--data", str(data), "--out", str(out), "--cells", "strategy", "--rows", "tiny-k20",
+                 "--strategy", "cover-then-margin"]) == 0
+
+    result = json.loads(out.read_text(encoding="utf-8"))
+    strategy = result["rows"][0]["strategy"]
+    assert result["config"]["default_strategy"] == strategy["default"] == "cover-then-margin"
+    assert {point["strategy"] for point in strategy["points"]} == {"cover-then-margin", "random"}
+    assert "cover-then-margin vs random acc @" in capsys.readouterr().out

@@ -185,12 +185,11 @@ def test_the_llm_model_is_refused_without_a_gpu(tmp_path, capsys, monkeypatch):
     assert "CUDA" in capsys.readouterr().err
 
 
-def test_the_default_strategy_is_the_services_and_picks_typical_tickets_while_the_model_is_young():
+def test_the_default_strategy_is_the_services_and_picks_its_young_order_while_the_model_is_young():
     """`--strategies default` replays the queue order the service writes: before the model is mature each batch,
-    the first one included (the service orders a project's queue before it has any label), is the head of
-    TypiClust's order over the tickets still unlabelled (learning.strategies.TypicalThenMargin.first), seeded from the
-    replay's seed."""
-    from learning.strategies import DEFAULT, Pool, TypicalThenMargin, mature
+    the first one included (the service orders a project's queue before it has any label), is the head of the
+    default's young order over the tickets still unlabelled (its ``first``), seeded from the replay's seed."""
+    from learning.strategies import DEFAULT, Pool, mature, strategy
     from tools.simulation import InstantModel, Schedule, Tickets, build_parser, replay
 
     assert build_parser().parse_args(["--train", "t", "--eval", "e", "--strategies", "default"]).strategies == [DEFAULT]
@@ -209,11 +208,11 @@ def test_the_default_strategy_is_the_services_and_picks_typical_tickets_while_th
         replay(DEFAULT, 0, pool, evaluation, model, Schedule(INITIAL, STEP, BUDGET), len(KEYWORDS))
     finally:
         model.close()
-    rng, typical = np.random.default_rng([0, 1]), TypicalThenMargin()  # the replay's generator, drawn in the same order
-    first = typical.first(Pool(pool.texts, []), len(KEYWORDS), rng)[:INITIAL]
+    rng, default = np.random.default_rng([0, 1]), strategy(DEFAULT)  # the replay's generator, drawn in the same order
+    first = default.first(Pool(pool.texts, []), len(KEYWORDS), rng)[:INITIAL]
     assert learnt[0] == [pool.texts[i] for i in first]
     rest = np.setdiff1d(np.arange(len(pool)), first)
-    order = typical.first(Pool([pool.texts[i] for i in rest], [pool.texts[i] for i in first]), len(KEYWORDS), rng)
+    order = default.first(Pool([pool.texts[i] for i in rest], [pool.texts[i] for i in first]), len(KEYWORDS), rng)
     assert learnt[1] == [pool.texts[i] for i in rest[order[:STEP]]]
 
 

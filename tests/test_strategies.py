@@ -1,6 +1,8 @@
 """Query strategies put the tickets worth labelling first, deterministically, and share out the long tail."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from learning.strategies import (
     MATURE_MIN_LABELS,
     STRATEGIES,
     ClassBalanced,
+    CoverThenMargin,
     Entropy,
     LeastConfidence,
     Margin,
@@ -17,6 +20,7 @@ from learning.strategies import (
     Random,
     RandomThenMargin,
     TypicalThenMargin,
+    cover_order,
     strategy,
     typical_order,
 )
@@ -104,6 +108,46 @@ def test_typical_order_starts_with_the_most_typical_ticket_of_the_largest_region
     assert order.tolist() == typical_order(Pool(unlabelled, [lights[0]]), clusters=3).tolist()  # reproducible
 
 
+_TICKET_IDS = itertools.count(0x5000)
+
+
+def topic(complaint: str, count: int) -> list[str]:
+    """`count` tickets of one complaint, told apart by two characters no other ticket has (ids, not topics)."""
+    return [f"{complaint}{chr(i)}{chr(i + 0x1000)}" for i in itertools.islice(_TICKET_IDS, count)]
+
+
+def test_cover_order_first_covers_the_largest_region_no_label_covers_then_the_next():
+    """ProbCover (Yehuda et al. 2022): street lights are covered by a label, so the first pick's ball holds the noise
+    complaints (the largest uncovered region), the second the water cuts; no pick is spent on the covered lights
+    until every region has one."""
+    lights, noise, water = topic("小区路灯坏了晚上一片漆黑", 12), topic("夜里工地施工噪音扰民", 8), topic("停水三天没有自来水用", 4)
+    unlabelled = lights[1:] + noise + water
+    order = cover_order(Pool(unlabelled, [lights[0]]), departments=3)
+    assert sorted(order.tolist()) == list(range(len(unlabelled)))
+    assert unlabelled[order[0]] in noise and unlabelled[order[1]] in water
+    assert order.tolist() == cover_order(Pool(unlabelled, [lights[0]]), departments=3).tolist()  # reproducible
+    assert order.tolist() != cover_order(Pool(unlabelled, [lights[0]]), departments=3, seed=1).tolist()  # the rest is seeded
+
+
+def test_cover_order_of_a_pool_beyond_its_sample_still_orders_every_ticket(monkeypatch):
+    """A young queue of 10^5 tickets is covered on a seeded sample, the rest after it."""
+    monkeypatch.setattr("learning.strategies.COVER_POOL", 20)
+    texts = topic("小区路灯坏了晚上一片漆黑", 30) + topic("夜里工地施工噪音扰民", 30) + topic("停水三天没有自来水用", 30)
+    pool = Pool(texts, topic("小区路灯坏了晚上一片漆黑", 25))  # more labels than the sample: lights are covered
+    order = cover_order(pool, departments=3, seed=4)
+    assert sorted(order.tolist()) == list(range(90))
+    assert order.tolist() == cover_order(pool, departments=3, seed=4).tolist()
+    assert {texts[i][:4] for i in order[:2]} == {"夜里工地", "停水三天"}
+
+
+def test_cover_then_margin_switches_where_typical_then_margin_does():
+    probs = np.random.default_rng(3).dirichlet(np.ones(4), size=6)
+    pool = Pool([f"路灯坏了第{i}盏" for i in range(6)], [])
+    grown = MATURE_MIN_LABELS + MATURE_LABELS_PER_DEPARTMENT * 4
+    assert CoverThenMargin().rank(probs, None, grown, pool).tolist() == Margin().rank(probs).tolist()
+    assert CoverThenMargin().rank(probs, None, 0, pool).tolist() == cover_order(pool, 4).tolist()
+
+
 def test_typical_then_margin_is_the_default_and_takes_margin_once_the_model_is_mature():
     probs = np.random.default_rng(3).dirichlet(np.ones(4), size=6)
     pool = Pool([f"路灯坏了第{i}盏" for i in range(6)], [])
@@ -128,3 +172,5 @@ def test_tickets_that_share_no_n_gram_still_get_an_order():
     texts = [chr(0x4E00 + i) for i in range(300)]
     assert sorted(typical_order(Pool(texts, []), 300).tolist()) == list(range(300))
     assert sorted(typical_order(Pool(["", "!"], ["?"]), 300).tolist()) == [0, 1]
+    assert sorted(cover_order(Pool(texts, []), 300).tolist()) == list(range(300))
+    assert sorted(cover_order(Pool(["", "!"], ["?"]), 300).tolist()) == [0, 1]
