@@ -260,8 +260,9 @@ def cover_order(pool: Pool, departments: int, seed: int = 0) -> np.ndarray:
     """The unlabelled tickets in ProbCover's order (Yehuda, Dekel, Hacohen & Weinshall 2022, "Active learning through a
     covering lens", NeurIPS): every ticket has a ball of a radius that still holds one k-means cluster (``_balls``);
     the labelled tickets' balls count as covered, and each next pick is the ticket whose ball covers the most tickets
-    no pick covers yet. Once every ticket is covered, the rest follow in seeded random order. Where the pool is larger
-    than COVER_POOL, the covering looks at a seeded sample of it."""
+    no pick covers yet, ties to the lower index. Once every ticket is covered, the rest follow in seeded random order.
+    Where the pool is larger than COVER_POOL, the covering looks at a seeded sample of it. On TF-IDF vectors the balls
+    hold two tickets or so, and most picks after the first hundred are such ties (BENCHMARKS section 9, sixth pass)."""
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(seed)
@@ -287,7 +288,8 @@ def cover_order(pool: Pool, departments: int, seed: int = 0) -> np.ndarray:
 class CoverThenMargin(TypicalThenMargin):
     """ProbCover's picks while the model is young (``cover_order``), margin sampling once it is ``mature``; the same
     switch as ``TypicalThenMargin``, whose typical picks it replaces. Yehuda et al. 2022 find covering ahead of
-    TypiClust at the smallest budgets, where a department has a handful of labels."""
+    TypiClust at the smallest budgets, where a department has a handful of labels. Not the default: on the dev sets
+    it wins on some rows and loses on others (BENCHMARKS section 9, "sixth pass")."""
 
     def first(self, pool: Pool, departments: int, rng: np.random.Generator | None = None) -> np.ndarray:
         return cover_order(pool, departments, seed=0 if rng is None else int(rng.integers(2**31)))
