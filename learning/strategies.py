@@ -223,8 +223,11 @@ class TypicalThenMargin:
     def first(self, pool: Pool, departments: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The order before any model exists (no probabilities needed): the typical picks, as the service's queue
         gives them to a project with no gold labels yet."""
-        return typical_order(pool, typical_clusters(len(pool.labelled), departments),
-                             seed=0 if rng is None else int(rng.integers(2**31)))
+        return self.young_order(pool, departments, seed=0 if rng is None else int(rng.integers(2**31)))
+
+    @staticmethod
+    def young_order(pool: Pool, departments: int, seed: int) -> np.ndarray:
+        return typical_order(pool, typical_clusters(len(pool.labelled), departments), seed)
 
 
 # ProbCover's ball radius (Yehuda et al. 2022): the largest of RADII at which PURITY of the tickets' balls hold only
@@ -291,8 +294,7 @@ class CoverThenMargin(TypicalThenMargin):
     TypiClust at the smallest budgets, where a department has a handful of labels. Not the default: on the dev sets
     it wins on some rows and loses on others (BENCHMARKS section 9, "sixth pass")."""
 
-    def first(self, pool: Pool, departments: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        return cover_order(pool, departments, seed=0 if rng is None else int(rng.integers(2**31)))
+    young_order = staticmethod(cover_order)
 
 
 UNCERTAINTY = {"least-confidence": LeastConfidence, "margin": Margin, "entropy": Entropy}
