@@ -263,13 +263,16 @@ def cover_order(pool: Pool, departments: int, seed: int = 0) -> np.ndarray:
     """The unlabelled tickets in ProbCover's order (Yehuda, Dekel, Hacohen & Weinshall 2022, "Active learning through a
     covering lens", NeurIPS): every ticket has a ball of a radius that still holds one k-means cluster (``_balls``);
     the labelled tickets' balls count as covered, and each next pick is the ticket whose ball covers the most tickets
-    no pick covers yet, ties to the lower index. Once every ticket is covered, the rest follow in seeded random order.
-    Where the pool is larger than COVER_POOL, the covering looks at a seeded sample of it. On TF-IDF vectors the balls
-    hold two tickets or so, and most picks after the first hundred are such ties (BENCHMARKS section 9, sixth pass)."""
+    no pick covers yet, ties to a seeded random one. Once every ticket is covered, the rest follow in seeded random
+    order. Where the pool is larger than COVER_POOL, the covering looks at a seeded sample of it. On TF-IDF vectors the
+    balls hold two tickets or so, and most picks after the first hundred are such ties (BENCHMARKS section 9)."""
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(seed)
     labelled, unlabelled = _sample(len(pool.labelled), rng), _sample(len(pool.unlabelled), rng)
+    # Most picks tie (balls of two tickets or so); shuffled, a tie goes to a seeded random ticket instead of the
+    # pool's file order, which in an export is often grouped by department (BENCHMARKS section 9, sixth pass).
+    unlabelled = unlabelled[rng.permutation(len(unlabelled))]
     vectors = embed([*(pool.labelled[i] for i in labelled), *(pool.unlabelled[i] for i in unlabelled)], seed)
     clusters = max(1, min(departments, len(np.unique(vectors, axis=0))))  # identical tickets make one cluster
     balls = _balls(vectors, KMeans(clusters, n_init=1, random_state=seed).fit_predict(vectors))
@@ -292,7 +295,9 @@ class CoverThenMargin(TypicalThenMargin):
     """ProbCover's picks while the model is young (``cover_order``), margin sampling once it is ``mature``; the same
     switch as ``TypicalThenMargin``, whose typical picks it replaces. Yehuda et al. 2022 find covering ahead of
     TypiClust at the smallest budgets, where a department has a handful of labels. Not the default: on the dev sets
-    it wins on some rows and loses on others (BENCHMARKS section 9, "sixth pass")."""
+    it is ahead of random order at every budget, but once its picks stop covering two tickets or more (250 or so
+    picks) they are random ones, and it falls behind the typical picks on four rows of five (BENCHMARKS section 9,
+    sixth and seventh passes)."""
 
     young_order = staticmethod(cover_order)
 
