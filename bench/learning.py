@@ -20,13 +20,14 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
   --reorder, as the service refits on every label but orders the queue only when it pre-annotates. Accuracy at each
   budget (mean and std over seeds); the saving at 800 labels is ``tools.simulation.compare_to_random`` on the
   curves cut at 800: labels from which the default's mean curve stays at random's mean accuracy at 800, against the
-  labels random itself needs by the same rule.
+  labels random itself needs by the same rule, and the 5th and 95th percentile of that saving over resamples of
+  the seeds (``tools.simulation.saving_interval``).
 * noise: ``bench.noise.measure``: 5 % and 10 % of the labels flipped to another unit, precision@K of the quality
   report's default ranking against the out-of-fold LinearSVC margin reference.
 
 A cell too dear for the machine can be left out with --skip ROW:CELL; the table then says "not run (reason)".
-The JSON is rewritten after every cell, so an interrupted run keeps what it measured; --from-json re-renders it,
-and joins the parts of one replay run split by seed (to keep both cores busy) into one strategy cell.
+The JSON is rewritten after every cell, so an interrupted run keeps what it measured; --from-json re-renders it
+(the savings recomputed from the curves' points) and joins the parts of one replay run split by seed (to keep both cores busy) into one strategy cell.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from bench.instant_model import baseline, load
 from core.evaluation import classification_report
 from learning.strategies import DEFAULT, STRATEGIES
 from tools.quality import DEFAULT_RANKING
-from tools.simulation import CurvePoint, Schedule, Tickets, compare_to_random, mean_curves, simulate
+from tools.simulation import CurvePoint, Schedule, Tickets, compare_to_random, mean_curves, percent, saving_interval, simulate
 
 DATA = Path("../shared/data")
 DEFAULT_DATA = [DATA / "shanghai_xinfang/dev.jsonl", DATA / "dalian_gov/dev.jsonl", DATA / "tipdm2020c/dev.jsonl"]
@@ -118,11 +119,13 @@ def with_savings(cell: dict, budgets: list[int]) -> dict:
         if budget > cell["pool"]:
             at_budget[str(budget)] = not_run(f"pool of {cell['pool']} rows < {budget}")
             continue
-        comparison = compare_to_random(mean_curves([p for p in points if p.labels <= budget]))
+        within = [p for p in points if p.labels <= budget]
+        comparison, interval = compare_to_random(mean_curves(within)), saving_interval(within)
         at_budget[str(budget)] = {"status": "ok", **{name: {"accuracy": [row["final_accuracy"], row["final_accuracy_std"]],
                                                             "macro_f1": [row["final_macro_f1"], row["final_macro_f1_std"]],
                                                             "labels_to_reach_random": row["labels_to_reach_random_final_accuracy"],
-                                                            "saving_percent": row["label_saving_percent"]}
+                                                            "saving_percent": row["label_saving_percent"],
+                                                            "saving_interval": interval[name]}
                                                      for name, row in comparison.items()}}
     return {**{k: v for k, v in cell.items() if k != "points"}, "budgets": at_budget, "points": cell["points"]}
 
@@ -207,9 +210,11 @@ def saving_cell(part: dict) -> str:
     if at is None or at.get("status") != "ok":
         return gap(at["reason"] if at else f"{SAVING_AT} not a budget of this run")
     ours, ref = at[part["default"]], at[REFERENCE_STRATEGY]
+    low, high = ours.get("saving_interval") or (None, None)
+    spread = f"; {percent(low)} to {percent(high)} over resampled seeds"
     if ours["saving_percent"] is None:
-        return f"none: never stays at random's {at[REFERENCE_STRATEGY]['accuracy'][0]:.3f}"
-    return f"{ours['saving_percent']:.1f} % ({ours['labels_to_reach_random']} vs {ref['labels_to_reach_random']} labels)"
+        return f"none: never stays at random's {at[REFERENCE_STRATEGY]['accuracy'][0]:.3f}{spread}"
+    return f"{ours['saving_percent']:.1f} % ({ours['labels_to_reach_random']} vs {ref['labels_to_reach_random']} labels{spread})"
 
 
 def noise_cell(part: dict, rate: str) -> str:
@@ -292,6 +297,10 @@ def merge(paths: list[Path]) -> dict:
             if row.get("strategy") and same_replay_other_seeds(kept.get("strategy"), row["strategy"]):
                 row = {**row, "strategy": join_seeds(kept["strategy"], row["strategy"])}
             kept.update({k: v for k, v in row.items() if v is not None and (k not in CELLS or v.get("status") == "ok" or k not in kept)})
+    for row in rows.values():  # from the points, so that a file written before a change in how savings are measured re-renders
+        cell = row.get("strategy")
+        if cell and cell.get("status") == "ok":
+            row["strategy"] = with_savings(cell, [int(budget) for budget in cell["budgets"]])
     merged["rows"] = list(rows.values())
     return merged
 

@@ -67,6 +67,7 @@ def test_quick_run_writes_every_row_and_cell(tmp_path, capsys):
         assert at["status"] == "ok"
         for name in (DEFAULT, "random"):
             assert all(in_unit(v) for v in at[name]["accuracy"] + at[name]["macro_f1"])
+            assert at[name]["saving_interval"] == [at[name]["saving_percent"]] * 2  # one seed: its own saving at both ends
     assert everything["strategy"] == {"status": "not run", "reason": everything["strategy"]["reason"]}
 
     table = capsys.readouterr().out

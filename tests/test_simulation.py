@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.simulation import CurvePoint, compare_to_random, main, mean_curves, print_table
+from tools.simulation import CurvePoint, compare_to_random, main, mean_curves, print_table, saving_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_the_summary_compares_every_strategy_with_random_order(run):
     assert set(summary["strategies"]) == set(STRATEGIES)
     for row in summary["strategies"].values():
         assert {"final_accuracy", "final_accuracy_std", "final_macro_f1", "final_macro_f1_std", "labels_to_reach_random_final_accuracy",
-                "label_saving_percent"} <= set(row)
+                "label_saving_percent", "label_saving_interval"} <= set(row)
         assert row["seeds"] == 2
     random_row = summary["strategies"]["random"]
     assert random_row["final_accuracy"] == summary["random_final_accuracy"]
@@ -132,8 +132,26 @@ def test_a_curve_that_crosses_random_and_falls_back_has_not_reached_it(capsys):
     assert comparison["least-confidence"]["labels_to_reach_random_final_accuracy"] is None
     assert comparison["least-confidence"]["label_saving_percent"] is None
     assert comparison["margin"]["labels_to_reach_random_final_accuracy"] == 400  # from 400 on, not from its first crossing at 200
+    for name, interval in saving_interval(points).items():
+        comparison[name]["label_saving_interval"] = interval
     print_table(comparison)
-    assert "| least-confidence | 400 | 0.690 ± 0.000 | 0.500 ± 0.000 | not reached | - |" in capsys.readouterr().out
+    assert "| least-confidence | 400 | 0.690 ± 0.000 | 0.500 ± 0.000 | not reached | none | none to none |" in capsys.readouterr().out
+
+
+def test_a_saving_that_some_seeds_do_not_share_gets_a_wide_interval():
+    """The mean curve of five seeds saves half the labels, but one seed of five never reaches random order: drawn
+    twice or more in a resample, it costs the saving, so the interval reaches well below the mean's 50 %."""
+    def curve(name, seeds, accuracies):
+        return [CurvePoint(name, seed, n, a, 0.5, 0.1) for seed in seeds for n, a in zip((100, 200, 300, 400), accuracies)]
+
+    random = curve("random", range(5), [0.5, 0.6, 0.7, 0.8])
+    agreeing = random + curve("margin", range(5), [0.6, 0.85, 0.9, 0.95])
+    one_lucky_less = random + curve("margin", range(4), [0.6, 0.85, 0.9, 0.95]) + curve("margin", [4], [0.5, 0.6, 0.7, 0.75])
+    assert compare_to_random(mean_curves(one_lucky_less))["margin"]["label_saving_percent"] == 50.0
+    assert saving_interval(agreeing) == {"random": [0.0, 0.0], "margin": [50.0, 50.0]}
+    low, high = saving_interval(one_lucky_less)["margin"]
+    assert high == 50.0 and low is not None and low <= 25.0
+    assert saving_interval(one_lucky_less) == saving_interval(one_lucky_less)  # seeded: the same points, the same interval
 
 
 def test_the_same_replay_gives_the_same_curve_whatever_the_hash_seed(tmp_path):

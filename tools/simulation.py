@@ -360,6 +360,34 @@ def compare_to_random(curves: dict[str, MeanCurve]) -> dict[str, dict]:
     return out
 
 
+SAVING_RESAMPLES = 1000  # draws of the seeds behind a saving's interval
+
+
+def saving_interval(points: Sequence[CurvePoint], resamples: int = SAVING_RESAMPLES) -> dict[str, list[float | None]]:
+    """Each strategy's label saving (``compare_to_random``) over resamples of the seeds, drawn with replacement (a
+    bootstrap, Efron & Tibshirani 1993): its 5th and 95th percentile, in percent. Every draw takes the same seeds for
+    all strategies, so a strategy is always compared with random order on the seeds it ran with. None at an end means
+    that in that share of the draws the strategy never stays at random's final accuracy. One seed gives its own
+    saving at both ends. A saving reached by a lucky seed or two shows as a wide interval, not as the mean's number."""
+    by_seed: dict[int, list[CurvePoint]] = defaultdict(list)
+    for point in points:
+        by_seed[point.seed].append(point)
+    seeds = sorted(by_seed)
+    rng = np.random.default_rng(0)  # the same points give the same interval
+    savings: dict[str, list[float]] = defaultdict(list)
+    for _ in range(resamples):
+        drawn = [point for seed in rng.choice(seeds, len(seeds)) for point in by_seed[seed]]
+        for name, row in compare_to_random(mean_curves(drawn)).items():
+            saving = row["label_saving_percent"]
+            savings[name].append(-np.inf if saving is None else saving)
+
+    def end(values: list[float], percentile: float) -> float | None:
+        value = float(np.percentile(values, percentile, method="lower" if percentile < 50 else "higher"))
+        return None if value == -np.inf else round(value, 1)
+
+    return {name: [end(values, 5), end(values, 95)] for name, values in savings.items()}
+
+
 def _write_csv(rows: Sequence[CurvePoint], columns: Sequence[str], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -400,15 +428,19 @@ def plot_learning_curves(curves: dict[str, MeanCurve], path: Path, title: str) -
     fig.savefig(path, dpi=120)
 
 
+def percent(saving: float | None) -> str:
+    return "none" if saving is None else f"{saving:.1f} %"
+
+
 def print_table(comparison: dict[str, dict]) -> None:
     print("\n| strategy | labels | accuracy (mean ± std over seeds) | macro-F1 | labels to reach random's final accuracy "
-          "and stay there | saving |\n|---|---|---|---|---|---|")
+          "and stay there | saving | saving, 5-95 % over resampled seeds |\n|---|---|---|---|---|---|---|")
     for name, row in comparison.items():
         needed = row["labels_to_reach_random_final_accuracy"]
-        saving = row["label_saving_percent"]
+        low, high = row.get("label_saving_interval") or (None, None)
         print(f"| {name} | {row['final_labels']} | {row['final_accuracy']:.3f} ± {row['final_accuracy_std']:.3f} | "
               f"{row['final_macro_f1']:.3f} ± {row['final_macro_f1_std']:.3f} | {needed if needed is not None else 'not reached'} | "
-              f"{f'{saving:.1f} %' if saving is not None else '-'} |")
+              f"{percent(row['label_saving_percent'])} | {percent(low)} to {percent(high)} |")
 
 
 # -- command line -----------------------------------------------------------------------------------------------
@@ -419,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="writes into --out: learning_curve.csv (one row per strategy, seed and refit; the same for the same\n"
                "inputs), refit_seconds.csv (the time of each refit), learning_curve.png (accuracy and macro-F1\n"
                "against labels, mean over seeds) and summary.json (final scores, mean and std over seeds; labels\n"
-               "from which the mean accuracy stays at random order's final mean accuracy; saving in percent).")
+               "from which the mean accuracy stays at random order's final mean accuracy; saving in percent, and its 5th and 95th\n"
+               "percentile over resamples of the seeds).")
     parser.add_argument("--train", type=Path, required=True, metavar="PATH", help="labelled JSONL (text, label): the pool annotators label from")
     parser.add_argument("--eval", type=Path, required=True, metavar="PATH",
                         help="labelled JSONL (text, label) every refit is scored on; never labelled")
@@ -472,6 +505,8 @@ def run(args: argparse.Namespace) -> int:
     points = simulate(train, evaluation, departments, args.strategies, args.seeds, schedule, args.model)
     curves = mean_curves(points)
     comparison = compare_to_random(curves)
+    for name, interval in saving_interval(points).items():
+        comparison[name]["label_saving_interval"] = interval
     args.out.mkdir(parents=True, exist_ok=True)
     write_curve_csv(points, args.out / "learning_curve.csv")
     write_timing_csv(points, args.out / "refit_seconds.csv")
