@@ -294,6 +294,8 @@ def merge(paths: list[Path]) -> dict:
         merged = {**merged, **{k: v for k, v in result.items() if k not in per_run}, "config": config, "sources": sources}
         for row in result["rows"]:
             kept = rows.setdefault(row["id"], {})
+            if row.get("strategy") and "reorder" not in row["strategy"]:  # a cell written before cells recorded their --reorder
+                row = {**row, "strategy": {**row["strategy"], "reorder": result["config"].get("reorder")}}
             if row.get("strategy") and same_replay_other_seeds(kept.get("strategy"), row["strategy"]):
                 row = {**row, "strategy": join_seeds(kept["strategy"], row["strategy"])}
             kept.update({k: v for k, v in row.items() if v is not None and (k not in CELLS or v.get("status") == "ok" or k not in kept)})

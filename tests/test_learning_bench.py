@@ -112,6 +112,13 @@ def test_a_replay_run_in_parts_by_seed_merges_into_the_replay_of_all_seeds(tmp_p
     assert merged["budgets"] == whole["budgets"]
     assert points_of(merged) == points_of(whole)
 
+    # a part written before cells recorded their --reorder is joined by its file's configuration
+    older = json.loads((tmp_path / "part0.json").read_text(encoding="utf-8"))
+    del older["rows"][0]["strategy"]["reorder"]
+    (tmp_path / "older.json").write_text(json.dumps(older), encoding="utf-8")
+    assert main(["--from-json", str(tmp_path / "older.json"), str(tmp_path / "part1.json"), "--out", str(tmp_path / "joined.json")]) == 0
+    assert json.loads((tmp_path / "joined.json").read_text(encoding="utf-8"))["rows"][0]["strategy"]["seeds"] == [0, 1]
+
     # another replay (ordered every 20 labels) is not joined to it: the later file wins, as for any other cell
     assert main(["--from-json", str(tmp_path / "part0.json"), str(tmp_path / "other.json"), "--out", str(tmp_path / "mixed.json")]) == 0
     assert json.loads((tmp_path / "mixed.json").read_text(encoding="utf-8"))["rows"][0]["strategy"]["seeds"] == [1]
