@@ -294,7 +294,7 @@ def merge(paths: list[Path]) -> dict:
         merged = {**merged, **{k: v for k, v in result.items() if k not in per_run}, "config": config, "sources": sources}
         for row in result["rows"]:
             kept = rows.setdefault(row["id"], {})
-            if row.get("strategy") and "reorder" not in row["strategy"]:  # a cell written before cells recorded their --reorder
+            if (row.get("strategy") or {}).get("status") == "ok" and "reorder" not in row["strategy"]:  # written before cells recorded --reorder
                 row = {**row, "strategy": {**row["strategy"], "reorder": result["config"].get("reorder")}}
             if row.get("strategy") and same_replay_other_seeds(kept.get("strategy"), row["strategy"]):
                 row = {**row, "strategy": join_seeds(kept["strategy"], row["strategy"])}
