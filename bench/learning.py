@@ -138,12 +138,12 @@ def same_replay_other_seeds(kept: dict | None, new: dict) -> bool:
 
 
 def join_seeds(kept: dict, new: dict) -> dict:
-    """One strategy cell from two parts of the same replay, as if one process had run all their seeds."""
+    """One strategy cell from two parts of the same replay, as if one process had run all their seeds. Its savings
+    are the parts' until ``merge`` recomputes them once from all the points (a bootstrap per join was work thrown away)."""
     parts = (kept, new)
-    return with_savings({**new, "seeds": sorted(seed for part in parts for seed in part["seeds"]),
-                         "seconds": round(sum(part.get("seconds", 0) for part in parts), 1),
-                         "points": [point for part in parts for point in part["points"]]},
-                        [int(budget) for budget in {**kept["budgets"], **new["budgets"]}])
+    return {**new, "seeds": sorted(seed for part in parts for seed in part["seeds"]),
+            "seconds": round(sum(part.get("seconds", 0) for part in parts), 1), "budgets": {**kept["budgets"], **new["budgets"]},
+            "points": [point for part in parts for point in part["points"]]}
 
 
 def noise_ranking(rows: list[dict], name: str, rates: list[float], seeds: list[int]) -> dict:
