@@ -5,8 +5,9 @@
 1. claim the job            mark it running, with this process's pid
 2. read                     the project's departments, its frozen evaluation split and at most INSTANT_MAX_LABELS
                             training labels, newest per department (the store chooses them: ``training_sample``)
-3. fit                      ``fit_on_labels``: the method chosen on the split (the serving version's method kept
-                            unless the other clearly leads it), refitted on every label
+3. fit                      ``fit_on_labels``: the method chosen by cross-validation (the SVM once there are labels
+                            enough for folds, before that the serving version's method, kept unless the other clearly
+                            leads it), refitted on every label
 4. save                     the model into MODEL_DIR/projects/<project>/instant/<version>/, written to a temporary
                             folder and renamed when complete
 5. register                 the version with its scores; it serves unless ``keep_serving`` says the serving model
@@ -68,7 +69,8 @@ def next_version_name(store: Store, project_id: int) -> str:
 def fit_version(store: Store, project_id: int, version: str, departments: Sequence[str], seed_texts: Mapping[str, str],
                 settings: Settings, labels: Sequence[StoredLabel] | None = None, serving: Version | None = None):
     """(classifier, metrics) of the project's labels (or of `labels`), with what the registry records about it.
-    The `serving` version's method stays unless another is clearly better on the split (``fit_instant_model``)."""
+    Before there are labels enough for folds the `serving` version's method stays unless another is clearly better
+    on the split; after, the SVM does (``fit_instant_model``)."""
     seq = store.project_seq(project_id) if labels is None else 0  # the catalog's prototypes have seen no label
     started = time.perf_counter()
     # the store picks the sample (at 10^6 labels the refit reads the 2 % it fits); the labels it holds are counted

@@ -10,8 +10,8 @@ show how many labels each strategy needs for an accuracy; the summary says how m
 A replay is deterministic: the same files, options and seeds give the same learning_curve.csv, byte for byte.
 
 The instant model is fitted exactly as the service fits it (a label store that freezes its own selection split,
-``learning.instant_model.fit_on_labels``, the serving method kept unless the other clearly leads it), with only the
-department names as catalog seeds.
+``learning.instant_model.fit_on_labels``: the SVM, or before there are folds the serving method, kept unless the
+other clearly leads it), with only the department names as catalog seeds.
 """
 from __future__ import annotations
 
