@@ -12,7 +12,8 @@ The order is a task field rather than the prediction score so that the score kee
 to annotators while the active-learning strategy decides the order. The default is the replay's default strategy
 (``learning.strategies.DEFAULT``): while the project's model is young, TypiClust's order over the project's waiting
 tickets (``young_places``: typical tickets of the regions its gold labels do not cover yet, computed once per
-pre-annotation), because margin sampling trails random order at small budgets; once the model is mature, margin
+pre-annotation, which the service repeats every QUEUE_REORDER_EVERY_N_LABELS new gold labels), because margin
+sampling trails random order at small budgets; once the model is mature, margin
 sampling (the gap between the two most likely departments, smallest first). A ticket the young order did not place
 (it arrived after the pre-annotation began) goes after the placed ones, in a shuffle that stays put (a hash of its
 id). Label Studio's own uncertainty sampling orders by the score (least confidence). Another order plugs in as

@@ -278,6 +278,23 @@ class Service:
     def _refit_finished(self, job) -> None:
         if job.status == JobStatus.PROMOTED:
             self.models.follow_registry()
+            self._maybe_reorder_queue(job)
+
+    def _maybe_reorder_queue(self, refit) -> None:
+        """A refit that learnt QUEUE_REORDER_EVERY_N_LABELS new gold labels since the project's last pre-annotation
+        serves: pre-annotate again, which orders the queue with it. Without this an instant-only project's queue kept
+        the order of its last manual pre-annotation, and margin sampling asked about what the model no longer doubts.
+        Only for projects pre-annotated before (pushing suggestions at all is the team's call), and only while the
+        instant model serves them (an LLM's suggestions change with its promotions, which pre-annotate anyway)."""
+        every, project_id = self.settings.queue_reorder_every_n_labels, refit.project_id
+        if every <= 0 or project_id == DEFAULT_PROJECT or self.label_studio.client() is None:
+            return
+        if self.models.serving_version(project_id) != refit.version or not self.store.jobs(kind=JobKind.PREANNOTATE, project_id=project_id, limit=1):
+            return
+        since = self.store.last_job_label_seq(JobKind.PREANNOTATE, project_id)
+        new = self.store.count_labels(project_id, since_seq=since) - self.store.count_labels(project_id, since_seq=max(since, refit.label_seq))
+        if new >= every:
+            self.request_preannotation(project_id, f"{new} new gold labels since the queue was last ordered (QUEUE_REORDER_EVERY_N_LABELS={every})")
 
     def _maybe_queue_training(self, project_id: int) -> None:
         """TRAIN_EVERY_N_LABELS new gold labels of a project since its last round queue the project's next one."""

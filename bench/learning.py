@@ -17,7 +17,8 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
   then margin sampling; --strategy replays another) and random order,
   pool = the training rows of the first fold, scored on its held-out rows, one replay per seed up to the largest
   budget that fits the pool. The model is refitted and scored every --step labels and the queue ordered every
-  --reorder, as the service refits on every label but orders the queue only when it pre-annotates. Accuracy at each
+  --reorder, as the service refits on every label and orders the queue when a refit has learnt
+  QUEUE_REORDER_EVERY_N_LABELS new labels (by pre-annotating again). Accuracy at each
   budget (mean and std over seeds); the saving at 800 labels is ``tools.simulation.compare_to_random`` on the
   curves cut at 800: labels from which the default's mean curve stays at random's mean accuracy at 800, against the
   labels random itself needs by the same rule, and the 5th and 95th percentile of that saving over resamples of
@@ -46,6 +47,7 @@ from bench import noise
 from bench.calibration import score_split
 from bench.instant_model import baseline, load
 from core.evaluation import classification_report
+from core.settings import Settings
 from learning.strategies import DEFAULT, STRATEGIES
 from tools.quality import DEFAULT_RANKING
 from tools.simulation import CurvePoint, Schedule, Tickets, compare_to_random, mean_curves, percent, saving_interval, simulate
@@ -266,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "typical picks (default: %(default)s)")
     parser.add_argument("--step", type=int, default=50, help="labels between two scored refits; every budget must be a "
                         "checkpoint, initial + a multiple of step (default: %(default)s)")
-    parser.add_argument("--reorder", type=int, default=100, help="labels between two orderings of the queue by the strategy, as "
-                        "between two pre-annotations in the service (default: %(default)s)")
+    parser.add_argument("--reorder", type=int, default=Settings().queue_reorder_every_n_labels,
+                        help="labels between two orderings of the queue by the strategy, as the service's QUEUE_REORDER_EVERY_N_LABELS "
+                        "(default: its default, %(default)s)")
     parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES, metavar="NAME",
                         help="the query strategy the strategy cell replays against random order, from: "
                              f"{', '.join(STRATEGIES)} (default: the service's, %(default)s)")

@@ -114,6 +114,7 @@ class Settings(EnvConfig):
     instant_refit_seconds: float = setting("INSTANT_REFIT_SECONDS", 2.0, "a project's instant model is refitted (in a worker process) at most this often while labels arrive")
     instant_max_labels: int = setting("INSTANT_MAX_LABELS", 20_000, "an instant-model refit fits at most this many training labels, round-robin over the departments, newest first (an uncapped refit grows ~N^1.35: 320 s at 10^5 labels on two cores, 38 s with this cap); the evaluation split is always used whole")
     instant_versions_kept: int = setting("INSTANT_VERSIONS_KEPT", 20, "retired instant-model versions kept per project (older ones are pruned from the registry and the disk)")
+    queue_reorder_every_n_labels: int = setting("QUEUE_REORDER_EVERY_N_LABELS", 100, "a project pre-annotated before is pre-annotated again once a refit that learnt this many new gold labels serves it, so its queue order (queue_priority) follows the model; the active-learning replays order the queue this often (0: only on request)")
     train_every_n_labels: int = setting("TRAIN_EVERY_N_LABELS", 200, "queue an LLM fine-tuning job after this many new gold labels (0: only on START_TRAINING)")
     job_lost_after_seconds: float = setting("JOB_LOST_AFTER_SECONDS", 120.0, "a running job whose worker has not said it is alive for this long (killed, its machine gone) is failed and queued again")
     reconcile_seconds: float = setting("RECONCILE_SECONDS", 600.0, "pull all annotations from Label Studio this often to recover lost webhooks (0: only on START_TRAINING)")

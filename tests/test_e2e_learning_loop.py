@@ -8,6 +8,7 @@ import requests
 from label_studio_sdk import LabelStudio
 
 from core.jobs import UNFINISHED, JobKind, ModelKind
+from core.people import is_user_id
 from tests.helpers import LABEL_CONFIG, SAMPLES, choice, served_version, wait_until
 from tests.test_training import CONFIG as FOUR_DEPARTMENTS
 from tests.test_training import FAST_TRAINING, tickets
@@ -27,28 +28,45 @@ def ordered_by_score(label_studio, project_id: int) -> list[dict]:
         "query": json.dumps({"ordering": ["tasks:predictions_score"]})}).json()["tasks"]
 
 
-def test_preannotation_fills_the_project_and_label_studio_serves_the_most_uncertain_first(label_studio, start_backend):
-    backend = start_backend()
+def refitted(backend, project_id: int) -> str:
+    """The version the backend serves once it is the registry's and has learnt every label stored so far."""
+    seq = backend.store().project_seq(project_id)
+
+    def settled() -> str | None:
+        store = backend.store()
+        serving = store.serving_version(project_id, ModelKind.INSTANT)
+        done = serving is not None and serving.data.get("project_seq") == seq and not store.jobs(kind=JobKind.REFIT, status=UNFINISHED)
+        return serving.name if done and served_version(backend.url, project_id) == serving.name else None
+
+    return wait_until(settled, timeout=60, what="the refit")
+
+
+def project_with_tasks(label_studio, backend, title: str, labelled: int):
+    """A Label Studio project on the backend with 30 sample tickets, the first `labelled` of them annotated."""
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
-    project = ls.projects.create(title="12345 e2e preannotate", label_config=LABEL_CONFIG)
+    project = ls.projects.create(title=title, label_config=LABEL_CONFIG)
     ls.ml.create(url=backend.url, project=project.id, title="router")
     task_ids = ls.projects.import_tasks(id=project.id, request=[{"text": s["text"]} for s in SAMPLES[:30]],
                                         return_task_ids=True).task_ids
-    for task_id, sample in zip(task_ids[:2], SAMPLES):
+    annotate(ls, task_ids[:labelled], SAMPLES)
+    return ls, project, task_ids
+
+
+def annotate(ls, task_ids: list[int], samples: list[dict]) -> None:
+    for task_id, sample in zip(task_ids, samples):
         ls.annotations.create(id=task_id, result=[choice(sample["department"])])
-    seq = backend.store().project_seq(project.id)
 
-    def refitted() -> str | None:
-        """The version the backend serves, once it is the registry's and has seen every label."""
-        store = backend.store()
-        serving = store.serving_version(project.id, ModelKind.INSTANT)
-        settled = serving is not None and serving.data.get("project_seq") == seq and not store.jobs(kind=JobKind.REFIT, status=UNFINISHED)
-        return serving.name if settled and served_version(backend.url, project.id) == serving.name else None
 
-    version = wait_until(refitted, timeout=60, what="the refit")
+def preannotated(backend, project_id: int) -> dict:
+    return job_done(backend, requests.post(f"{backend.url}/preannotate", json={"project": project_id}, timeout=5).json()["job"])
 
-    job = requests.post(f"{backend.url}/preannotate", json={"project": project.id}, timeout=5).json()
-    finished = job_done(backend, job["job"])
+
+def test_preannotation_fills_the_project_and_label_studio_serves_the_most_uncertain_first(label_studio, start_backend):
+    backend = start_backend()
+    ls, project, task_ids = project_with_tasks(label_studio, backend, "12345 e2e preannotate", labelled=2)
+    version = refitted(backend, project.id)
+
+    finished = preannotated(backend, project.id)
     assert finished["status"] == "succeeded", finished
     assert finished["progress"]["pushed"] == 28 and finished["progress"]["model_version"] == version
 
@@ -61,9 +79,36 @@ def test_preannotation_fills_the_project_and_label_studio_serves_the_most_uncert
     assert None not in scores and scores == sorted(scores)
     assert label_studio.api("GET", f"/api/projects/{project.id}/next").json()["id"] == unlabelled[0]["id"]
 
-    again = job_done(backend, requests.post(f"{backend.url}/preannotate", json={"project": project.id}, timeout=5).json()["job"])
+    again = preannotated(backend, project.id)
     assert (again["progress"]["pushed"], again["progress"]["already_there"]) == (0, 28)  # idempotent for a version
     assert len(label_studio.api("GET", "/api/predictions", params={"project": project.id}).json()) == len(predictions)
+
+
+def test_a_preannotated_queue_is_ordered_again_by_the_model_that_learnt_the_new_labels(label_studio, start_backend):
+    backend = start_backend(QUEUE_REORDER_EVERY_N_LABELS=3)
+    ls, project, task_ids = project_with_tasks(label_studio, backend, "12345 e2e reorder", labelled=3)
+    # Naming the annotator rewrites the first labels, which would count as new ones: let that happen first.
+    wait_until(lambda: not any(is_user_id(label.annotator) for label in backend.store().labels(project.id)), timeout=30,
+               what="the annotator's name")
+    refitted(backend, project.id)
+    assert not backend.store().jobs(kind=JobKind.PREANNOTATE, project_id=project.id)  # suggestions are the team's call
+
+    first = preannotated(backend, project.id)
+    annotate(ls, task_ids[3:6], SAMPLES[3:6])
+
+    def reordered() -> dict | None:
+        jobs = requests.get(f"{backend.url}/jobs", params={"project": project.id}, timeout=5).json()["jobs"]
+        return next((j for j in jobs if j["kind"] == JobKind.PREANNOTATE and j["id"] != first["id"]), None)
+
+    job = wait_until(reordered, timeout=60, what="a pre-annotation after 3 new labels")
+    assert "QUEUE_REORDER_EVERY_N_LABELS=3" in job["reason"]
+    finished = job_done(backend, job["id"])
+    assert finished["status"] == "succeeded", finished
+    version = backend.store().get_version(project.id, finished["progress"]["model_version"])
+    assert (version.data["labels"], finished["progress"]["pushed"]) == (6, 24)  # the model that learnt them, every waiting task
+    waiting = label_studio.api("GET", "/api/tasks", params={"project": project.id, "fields": "all", "page_size": 1000}).json()["tasks"]
+    priorities = [t["data"].get("queue_priority") for t in waiting if not t["total_annotations"]]
+    assert len(priorities) == 24 and None not in priorities
 
 
 def test_labels_submitted_in_label_studio_train_a_new_version_that_label_studio_then_shows(label_studio, start_backend, tmp_path, monkeypatch):
