@@ -1,7 +1,7 @@
 """Learning on the dev sets, one table (issue 10): the instant model against the reference, the default query
 strategy against random order, label-error ranking against the reference, and calibration.
 
-    nice -n 19 .venv/bin/python -m bench.learning --out bench/results/learning.json
+    nice -n 19 .venv/bin/python -m bench.learning --jobs 2 --out bench/results/learning.json
 
 Each data file gives two rows: its units with at least --min-per-label rows ("k = 20") and all its units; a file
 whose every unit has that many rows (TipDM) gives one. Per row, three measurements, each reusing a bench module:
@@ -26,6 +26,8 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
 * noise: ``bench.noise.measure``: 5 % and 10 % of the labels flipped to another unit, precision@K of the quality
   report's default ranking against the out-of-fold LinearSVC margin reference.
 
+With --jobs N the cells, and each replay seed, run as N processes at once and are merged into one file: the numbers
+of one process (each part measures exactly what it would), in about 1/N of the wall time on N cores.
 A cell too dear for the machine can be left out with --skip ROW:CELL; the table then says "not run (reason)".
 The JSON is rewritten after every cell, so an interrupted run keeps what it measured; --from-json re-renders it
 (the savings recomputed from the curves' points) and joins the parts of one replay run split by seed (to keep both cores busy) into one strategy cell.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -276,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{', '.join(STRATEGIES)} (default: the service's, %(default)s)")
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.10], help="label-noise rates (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK} (for tests and tiny files)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="processes at once: each row's cells, and each replay seed, run as a `python -m bench.learning` of its "
+                             "own (files and logs in OUT's folder under OUT_parts/), merged into --out as --from-json merges; "
+                             "the same numbers as one process, in a fraction of the wall time on a machine with N cores (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/learning.json"), help="JSON written after every cell (default: %(default)s)")
     parser.add_argument("--from-json", type=Path, nargs="+", metavar="PATH",
                         help="measure nothing: merge the rows of these earlier --out files (later files win per cell; the same replay's "
@@ -310,6 +317,60 @@ def merge(paths: list[Path]) -> dict:
     return merged
 
 
+def parts(args, specs, skips) -> list[tuple[str, str, list[str]]]:
+    """The processes of a --jobs run, as (name, row, arguments): a row's cell each, a replay one a seed, the replays first
+    (the longest); every one with the run's own options, so each measures exactly what one process would."""
+    common = ["--data", *map(str, args.data), "--min-per-label", str(args.min_per_label), "--folds", str(args.folds),
+              "--budgets", *map(str, args.budgets), "--initial", str(args.initial), "--step", str(args.step),
+              "--reorder", str(args.reorder), "--strategy", args.strategy, "--rates", *map(str, args.rates),
+              *(["--quick"] if args.quick else [])]
+    found = []
+    for name in sorted(args.cells, key=lambda cell: cell != "strategy"):
+        for row_id, _, _ in specs:
+            skipped = (row_id, name) in skips
+            seed_sets = [[seed] for seed in args.seeds] if name == "strategy" and not skipped else [args.seeds]
+            for seeds in seed_sets:
+                part = f"{row_id}_{name}" + (f"_s{seeds[0]}" if len(seed_sets) > 1 else "")
+                found.append((part, row_id, [*common, "--rows", row_id, "--cells", name, "--seeds", *map(str, seeds),
+                                     *(["--skip", f"{row_id}:{name}"] if skipped else [])]))
+    return found
+
+
+def run_in_parts(args, specs, skips, result: dict, started: float) -> int:
+    """--jobs: run ``parts`` N at a time, then merge their files in the rows' order (``merge``)."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    # the parts import this repository wherever the run was started from (its relative paths stay the caller's)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    folder = args.out.parent / f"{args.out.stem}_parts"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(part: tuple[str, str, list[str]]) -> tuple[str, int]:
+        name, _, arguments = part
+        with open(folder / f"{name}.log", "w", encoding="utf-8") as log:
+            return name, subprocess.run([sys.executable, "-m", "bench.learning", *arguments, "--out", str(folder / f"{name}.json")],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+    todo = parts(args, specs, skips)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        codes = dict(tqdm(pool.map(run, todo), total=len(todo), unit="part", desc=f"{args.jobs} processes"))
+    failed = [name for name, code in codes.items() if code]
+    for name in failed:
+        print(f"error: part {name} failed; see {folder / (name + '.log')}", file=sys.stderr)
+    order = {row_id: i for i, (row_id, _, _) in enumerate(specs)}
+    done = sorted((order[row_id], name) for name, row_id, _ in todo if name not in failed)
+    merged = merge([folder / f"{name}.json" for _, name in done])
+    result = {**result, "rows": merged["rows"], "sources": merged["sources"], "jobs": args.jobs,
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(table(result))
+    print(f"\nwall time {result['wall_seconds']} s, {args.jobs} processes at once; written to {args.out}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.from_json:
@@ -333,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
               "config": {**config, "data": [str(p) for p in args.data], "default_strategy": args.strategy,
                          "reference_strategy": REFERENCE_STRATEGY, "noise_ranking": DEFAULT_RANKING}, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1:
+        return run_in_parts(args, specs, skips, result, started)
     for row_id, path, k in specs:
         texts, labels = load(path, k)
         rows = noise.load(path, k)

@@ -142,3 +142,26 @@ def test_another_strategy_is_measured_against_random_order_and_named_in_the_tabl
     assert result["config"]["default_strategy"] == strategy["default"] == "cover-then-margin"
     assert {point["strategy"] for point in strategy["points"]} == {"cover-then-margin", "random"}
     assert "cover-then-margin vs random acc @" in capsys.readouterr().out
+
+
+def test_a_run_in_parallel_parts_gives_the_numbers_of_one_process(tmp_path, capsys):
+    """--jobs runs each row's cells and each replay seed as a process of its own and merges them: every measured
+    number is the one a single process gives, and the table has every row and cell."""
+    data = tmp_path / "tiny" / "dev.jsonl"
+    data.parent.mkdir()
+    write_fixture(data)
+    common = ["--data", str(data), "--folds", "2", "--seeds", "0", "1", "--budgets", "40", "60", "--initial", "20", "--step", "20",
+              "--reorder", "40", "--rates", "0.1", "--skip", "tiny-all:strategy"]
+    assert main([*common, "--out", str(tmp_path / "one.json")]) == 0
+    assert main([*common, "--jobs", "2", "--out", str(tmp_path / "parts.json")]) == 0
+
+    one, parts = (json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8")) for name in ("one", "parts"))
+    assert parts["config"] == one["config"] and [r["id"] for r in parts["rows"]] == [r["id"] for r in one["rows"]]
+    assert len(list((tmp_path / "parts_parts").glob("*.json"))) == 7  # 2 rows x (cv, noise), tiny-k20's replay x 2 seeds, 1 skipped
+    for a, b in zip(one["rows"], parts["rows"]):
+        assert [run["instant"]["accuracy"] for run in a["cv"]["runs"]] == [run["instant"]["accuracy"] for run in b["cv"]["runs"]]
+        assert a["noise"]["rates"] == b["noise"]["rates"]
+        assert (a["strategy"]["status"], b["strategy"]["status"]) in (("ok", "ok"), ("not run", "not run"))
+    assert points_of(parts["rows"][0]["strategy"]) == points_of(one["rows"][0]["strategy"])
+    assert parts["rows"][0]["strategy"]["budgets"] == one["rows"][0]["strategy"]["budgets"]
+    assert "2 processes at once" in capsys.readouterr().out
