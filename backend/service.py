@@ -291,10 +291,12 @@ class Service:
             return
         if self.models.serving_version(project_id) != refit.version or not self.store.jobs(kind=JobKind.PREANNOTATE, project_id=project_id, limit=1):
             return
-        since = self.store.last_job_label_seq(JobKind.PREANNOTATE, project_id)
-        new = self.store.count_labels(project_id, since_seq=since) - self.store.count_labels(project_id, since_seq=max(since, refit.label_seq))
+        # only labels the refit learnt: one that arrived during its fit would have the queue ordered by a model without it
+        new = self.store.count_labels(project_id, since_seq=self.store.last_job_label_seq(JobKind.PREANNOTATE, project_id),
+                                      until_seq=refit.label_seq, at_most=every)
         if new >= every:
-            self.request_preannotation(project_id, f"{new} new gold labels since the queue was last ordered (QUEUE_REORDER_EVERY_N_LABELS={every})")
+            self.request_preannotation(project_id, f"at least {every} new gold labels since the queue was last ordered "
+                                                   f"(QUEUE_REORDER_EVERY_N_LABELS={every})")
 
     def _maybe_queue_training(self, project_id: int) -> None:
         """TRAIN_EVERY_N_LABELS new gold labels of a project since its last round queue the project's next one."""

@@ -27,7 +27,7 @@ whose every unit has that many rows (TipDM) gives one. Per row, three measuremen
   report's default ranking against the out-of-fold LinearSVC margin reference.
 
 With --jobs N the cells, and each replay seed, run as N processes at once and are merged into one file: the numbers
-of one process (each part measures exactly what it would), in about 1/N of the wall time on N cores.
+of one process (each part measures exactly what it would), spread over N cores.
 A cell too dear for the machine can be left out with --skip ROW:CELL; the table then says "not run (reason)".
 The JSON is rewritten after every cell, so an interrupted run keeps what it measured; --from-json re-renders it
 (the savings recomputed from the curves' points) and joins the parts of one replay run split by seed (to keep both cores busy) into one strategy cell.

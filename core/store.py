@@ -601,9 +601,13 @@ class Store:
         rows = self._read(self._LABELS + " AND l.annotation_id = ?", (annotation_id,))
         return _stored_label(rows[0]) if rows else None
 
-    def count_labels(self, project_id: int | None = None, since_seq: int = 0, at_most: int | None = None) -> int:
-        """Labels changed after `since_seq`; with `at_most`, counting stops there (a bounded read of the index)."""
+    def count_labels(self, project_id: int | None = None, since_seq: int = 0, at_most: int | None = None,
+                     until_seq: int | None = None) -> int:
+        """Labels changed after `since_seq` (and, with `until_seq`, not after it); with `at_most`, counting stops there
+        (a bounded read of the index)."""
         where, params = ("seq > ?", [since_seq]) if project_id is None else ("project_id = ? AND seq > ?", [project_id, since_seq])
+        if until_seq is not None:
+            where, params = where + " AND seq <= ?", [*params, until_seq]
         if at_most is None:
             return self._read(f"SELECT COUNT(*) AS n FROM labels WHERE {where}", params)[0]["n"]
         return self._read(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM labels WHERE {where} LIMIT ?) bounded", [*params, at_most])[0]["n"]

@@ -63,6 +63,9 @@ def test_sequence_counts_only_changes_of_gold(store_location):
     store.upsert_label(label(1, "市教育局", updated_at="2026-03-01T00:00:00Z"))
     assert store.label_seq() == seq + 1
     assert store.count_labels(since_seq=seq) == 1
+    assert store.count_labels(since_seq=0, until_seq=seq) == 0  # label 1 changed after seq: counted once, at its new seq
+    store.upsert_label(label(2))
+    assert store.count_labels(since_seq=seq, until_seq=seq + 1) == 1 and store.count_labels(since_seq=seq) == 2
 
 
 def test_reconcile_adds_missing_removes_vanished_and_keeps_newer(store_location):

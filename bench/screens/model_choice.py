@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then bench.learning's arguments")
     args = parser.parse_args(argv)
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    if "--jobs" in bench_args:  # the wrapper lives in this process: parts in processes of their own would log nothing
+        parser.error("--jobs: run the screen in one process")
     with args.log.open("w", encoding="utf-8") as log:
         instant_model.fit_instant_model = logged(instant_model.fit_instant_model, log)
         status = learning.main(bench_args)
